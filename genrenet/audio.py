@@ -1,0 +1,128 @@
+"""Audio stage: decode a file into a pydub AudioSegment, normalize, strip silence, cut into clips.
+
+Decoding goes through soundfile first (its wheel bundles libsndfile, which reads wav, au, flac,
+ogg and mp3), so a pip-only install needs no system ffmpeg. Formats libsndfile cannot read
+(m4a, aac, wma, ...) go to pydub's ffmpeg path when ffmpeg is installed.
+"""
+
+import functools
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional
+
+from genrenet.config import AudioConfig
+from genrenet.errors import AudioError
+
+# pydub warns at import when ffmpeg is missing; that is expected on a pip-only install, and we
+# say what ffmpeg would add only when a file needs it.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+    from pydub import AudioSegment, effects, silence
+
+SAMPLE_WIDTH = 2  # 16-bit PCM inside pydub: 96 dB of range is plenty for log-mel features
+
+# Extensions libsndfile reads; anything else needs ffmpeg.
+SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".au", ".snd", ".flac", ".ogg", ".oga", ".opus",
+                        ".mp3", ".aif", ".aiff", ".caf", ".w64", ".rf64"}
+FFMPEG_EXTENSIONS = {".m4a", ".aac", ".wma", ".mp4", ".webm", ".mka", ".ac3", ".amr"}
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+
+
+def decode(path: str | Path) -> AudioSegment:
+    """Read any supported file as a mono 16-bit AudioSegment at its own sample rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+        if _ffmpeg_available():
+            return _decode_with_ffmpeg(path)
+        if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
+            raise AudioError(f"{path}: cannot decode ({_first_line(error)})") from None
+        raise AudioError(f"{path}: {path.suffix or 'this'} files need ffmpeg; install it "
+                         "(apt install ffmpeg, brew install ffmpeg, or conda install ffmpeg)") from None
+    # Downmix here: pydub's own multi-channel downmix is a per-sample Python loop.
+    mono = samples.mean(axis=1)
+    return _to_segment(mono, rate)
+
+
+def prepare(segment: AudioSegment, config: AudioConfig) -> AudioSegment:
+    """Peak-normalize and optionally strip silence, as the config asks."""
+    if config.normalize == "peak":
+        segment = effects.normalize(segment, headroom=-config.peak_dbfs)
+    if config.strip_silence:
+        # seek_step: scanning every millisecond (pydub's default) is needlessly slow for music.
+        spans = silence.detect_nonsilent(segment, min_silence_len=config.min_silence_ms,
+                                         silence_thresh=config.silence_dbfs, seek_step=10)
+        if spans:
+            segment = functools.reduce(lambda a, b: a + b, (segment[start:end] for start, end in spans))
+    return segment
+
+
+def cut_clips(segment: AudioSegment, clip_seconds: float, hop_seconds: float) -> list[AudioSegment]:
+    """Clips of clip_seconds every hop_seconds; a track shorter than one clip is padded with
+    silence, and a tail shorter than a clip is dropped."""
+    clip_ms, hop_ms = round(clip_seconds * 1000), round(hop_seconds * 1000)
+    if len(segment) <= clip_ms:
+        padding = AudioSegment.silent(duration=clip_ms - len(segment), frame_rate=segment.frame_rate)
+        return [segment + padding.set_sample_width(segment.sample_width)]
+    count = 1 + (len(segment) - clip_ms) // hop_ms
+    return [segment[i * hop_ms:i * hop_ms + clip_ms] for i in range(count)]
+
+
+def clip_starts(count: int, hop_seconds: float) -> list[float]:
+    return [round(i * hop_seconds, 3) for i in range(count)]
+
+
+def load_clips(path: str | Path, config: AudioConfig) -> torch.Tensor:
+    """The whole audio stage for one file: a float tensor [clips, samples] at config.sample_rate."""
+    segment = prepare(decode(path), config)
+    clips = cut_clips(segment, config.clip_seconds, config.hop_seconds)
+    rate = segment.frame_rate
+    # pydub slices in milliseconds; fix every clip to the same sample count before stacking.
+    length = round(config.clip_seconds * rate)
+    waves = torch.from_numpy(np.stack([_fit(_samples(clip), length) for clip in clips]))
+    if rate != config.sample_rate:
+        waves = torchaudio.functional.resample(waves, rate, config.sample_rate)
+    target = round(config.clip_seconds * config.sample_rate)
+    return torch.nn.functional.pad(waves, (0, max(0, target - waves.shape[1])))[:, :target]
+
+
+def _to_segment(mono: np.ndarray, rate: int) -> AudioSegment:
+    mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+    pcm = (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
+    return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=int(rate), channels=1)
+
+
+def _decode_with_ffmpeg(path: Path) -> AudioSegment:
+    try:
+        segment = AudioSegment.from_file(path)
+    except Exception as error:  # pydub raises bare exceptions carrying ffmpeg's stderr
+        raise AudioError(f"{path}: cannot decode ({_first_line(error)})") from None
+    if segment.channels > 1:
+        samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels)
+        return _to_segment(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)), segment.frame_rate)
+    return segment.set_sample_width(SAMPLE_WIDTH)
+
+
+def _samples(segment: AudioSegment) -> np.ndarray:
+    return np.frombuffer(segment.raw_data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def _fit(samples: np.ndarray, length: int) -> np.ndarray:
+    return np.pad(samples[:length], (0, max(0, length - len(samples))))
+
+
+def _ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__

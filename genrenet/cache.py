@@ -1,0 +1,101 @@
+"""Feature cache: decode and compute mel spectrograms once per file and preprocessing setting.
+
+Features live under <cache_dir>/<preprocessing key>/, where the key hashes every audio and
+feature setting, so changing any of them starts a fresh folder instead of reusing stale
+features. Within it, a file's entry is keyed by its resolved path, size and modification time,
+so an edited audio file is recomputed too.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from genrenet.audio import load_clips
+from genrenet.checkpoint import atomic_save
+from genrenet.config import Config, preprocessing_key, to_dict
+from genrenet.errors import UserError
+from genrenet.features import MelFeatures
+
+
+class FeatureCache:
+    def __init__(self, config: Config):
+        self.config = config
+        self.dir = Path(config.data.cache_dir) / preprocessing_key(config)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings = self.dir / "settings.json"
+        if not settings.exists():  # for people browsing the cache folder
+            full = to_dict(config)
+            settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"]}, indent=2))
+
+    def entry(self, audio_path: Path) -> Path:
+        stat = Path(audio_path).stat()
+        identity = f"{Path(audio_path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+        return self.dir / key[:2] / f"{key}.pt"
+
+    def load(self, audio_path: Path):
+        """Cached features, or None when absent or unreadable (a damaged entry is recomputed)."""
+        try:
+            stored = torch.load(self.entry(audio_path), map_location="cpu", weights_only=True)
+            mel = stored["mel"]
+            if isinstance(mel, torch.Tensor) and mel.dim() == 3 and mel.shape[1] == self.config.features.n_mels:
+                return mel
+        except Exception:
+            pass
+        return None
+
+    def store(self, audio_path: Path, mel: torch.Tensor) -> None:
+        atomic_save({"mel": mel}, self.entry(audio_path))
+
+
+def compute_features(path: Path, config: Config, mel: MelFeatures | None = None) -> torch.Tensor:
+    """Log-mel spectrograms of every clip of one file: [clips, n_mels, frames], float16 to halve memory."""
+    mel = mel or MelFeatures(config.features, config.audio)
+    return mel(load_clips(path, config.audio)).to(torch.float16)
+
+
+def cached_features(paths: list[Path], config: Config, desc: str = "features"):
+    """Features for each path, computing (with a progress bar) only what the cache lacks.
+
+    Returns (features, failures): features[i] is None for a file that could not be read, and
+    failures maps such paths to the reason, so one bad file never stops the whole dataset.
+    """
+    cache = FeatureCache(config)
+    results = [cache.load(p) for p in paths]
+    missing = [i for i, r in enumerate(results) if r is None]
+    failures = {}
+    if missing:
+        loader = torch.utils.data.DataLoader(_Extraction([paths[i] for i in missing], config), batch_size=None,
+                                             num_workers=config.data.num_workers, worker_init_fn=_one_thread)
+        for i, (mel, problem) in zip(missing, tqdm(loader, total=len(missing), desc=f"{desc} ({len(missing)} new)",
+                                                   unit="file")):
+            if problem:
+                failures[paths[i]] = problem
+            else:
+                cache.store(paths[i], mel)
+                results[i] = mel
+    return results, failures
+
+
+class _Extraction(torch.utils.data.Dataset):
+    """Files to decode; a Dataset so a DataLoader can spread them over worker processes."""
+
+    def __init__(self, paths: list[Path], config: Config):
+        self.paths, self.config = paths, config
+        self.mel = MelFeatures(config.features, config.audio)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return compute_features(self.paths[i], self.config, self.mel), None
+        except UserError as error:
+            return None, str(error)
+
+
+def _one_thread(_worker_id):
+    torch.set_num_threads(1)  # workers already run in parallel; more threads only contend

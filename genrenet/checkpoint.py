@@ -1,0 +1,54 @@
+"""Checkpoints: self-contained, plain-data files written atomically and loaded without unpickling code.
+
+A checkpoint holds the model weights, the whole resolved config (model, preprocessing, training),
+the label list and the metrics it was chosen by, so evaluation and prediction need nothing else.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from genrenet.errors import UserError
+
+FORMAT = "genrenet-checkpoint"
+VERSION = 1
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict) -> None:
+    atomic_save({"format": FORMAT, "version": VERSION, "model_state": model_state, "config": config,
+                 "labels": list(labels), "epoch": epoch, "metrics": metrics}, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Load with weights_only=True: tensors and plain data only, never arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a loadable genrenet checkpoint ({reason[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a genrenet checkpoint")
+    if state.get("version") != VERSION:
+        raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
+    return state

@@ -1,0 +1,190 @@
+"""Run configuration: typed sections loaded from YAML, with `--set section.key=value` overrides.
+
+Every setting has a default, so a YAML file names only what differs. Unknown keys, wrong
+types and out-of-range values are errors that name the key (and the closest valid one).
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+from genrenet.errors import UserError
+
+STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(config=STRICT)
+class DataConfig:
+    path: str = ""  # class folders, a CSV manifest, or a GTZAN root
+    format: Literal["auto", "folder", "csv", "gtzan"] = "auto"
+    # auto: a manifest's split/fold column, GTZAN's fault-filtered lists, else stratified.
+    split: Literal["auto", "stratified"] = "auto"
+    fold: Optional[int] = None  # with a fold column: the fold held out for testing
+    valid_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # of tracks, when no valid split is given
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    cache_dir: str = "cache"
+    num_workers: int = Field(0, ge=0)  # processes decoding audio into the cache
+
+
+@dataclass(config=STRICT)
+class AudioConfig:
+    sample_rate: int = Field(22050, gt=0)
+    normalize: Literal["peak", "off"] = "peak"
+    peak_dbfs: float = Field(-1.0, le=0.0)  # peak level after normalization
+    strip_silence: bool = False
+    silence_dbfs: float = Field(-50.0, lt=0.0)  # quieter than this counts as silence
+    min_silence_ms: int = Field(1000, gt=0)  # shorter pauses are kept
+    clip_seconds: float = Field(3.0, gt=0.0)
+    hop_seconds: float = Field(3.0, gt=0.0)  # start-to-start distance between clips
+
+    @model_validator(mode="after")
+    def _hop_within_clip(self):
+        if self.hop_seconds > self.clip_seconds:
+            raise ValueError(f"audio.hop_seconds ({self.hop_seconds}) is larger than audio.clip_seconds "
+                             f"({self.clip_seconds}): parts of every track would be skipped")
+        return self
+
+
+@dataclass(config=STRICT)
+class FeatureConfig:
+    n_fft: int = Field(1024, gt=0)
+    win_length: Optional[int] = Field(None, gt=0)  # None: n_fft
+    hop_length: int = Field(512, gt=0)
+    n_mels: int = Field(128, gt=0)
+    f_min: float = Field(0.0, ge=0.0)
+    f_max: Optional[float] = Field(None, gt=0.0)  # None: sample_rate / 2
+    power: float = Field(2.0, gt=0.0)
+    top_db: Optional[float] = Field(80.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ValueError(f"features.n_mels ({self.n_mels}) is more than the {self.n_fft // 2 + 1} "
+                             f"frequency bins of features.n_fft={self.n_fft}")
+        if self.win_length is not None and self.win_length > self.n_fft:
+            raise ValueError(f"features.win_length ({self.win_length}) is larger than features.n_fft ({self.n_fft})")
+        return self
+
+
+@dataclass(config=STRICT)
+class ModelConfig:
+    name: str = "small_cnn"
+    width: int = Field(32, gt=0)  # channels of the first block; later blocks double it
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+@dataclass(config=STRICT)
+class TrainConfig:
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision, used on CUDA only
+    seed: int = 0
+
+
+@dataclass(config=STRICT)
+class RunConfig:
+    dir: str = "runs/default"
+
+
+@dataclass(config=STRICT)
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    audio: AudioConfig = dataclasses.field(default_factory=AudioConfig)
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _features_fit_audio(self):
+        nyquist = self.audio.sample_rate / 2
+        if self.features.f_max is not None and self.features.f_max > nyquist:
+            raise ValueError(f"features.f_max ({self.features.f_max}) is above half of audio.sample_rate ({nyquist})")
+        return self
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(raw: dict, source: str = "config") -> Config:
+    """Validate a plain dict into a Config; any problem becomes one UserError line."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections (data, audio, features, model, train, run)")
+    try:
+        return TypeAdapter(Config).validate_python(raw)
+    except ValidationError as error:
+        raise UserError(f"{source}: " + "; ".join(_describe(e) for e in error.errors())) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings; values are parsed as YAML (so 5 is an int, true a bool)."""
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise UserError(f"--set expects section.key=value, got '{item}'")
+        section, name = parts
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise UserError(f"config section '{section}' is not a mapping")
+        try:
+            raw[section][name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raw[section][name] = value
+    return raw
+
+
+def preprocessing_key(config: Config) -> str:
+    """A short hash of every setting that changes the cached features."""
+    settings = {"audio": dataclasses.asdict(config.audio), "features": dataclasses.asdict(config.features)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _describe(error: dict) -> str:
+    location = [str(part) for part in error["loc"]]
+    key = ".".join(location)
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        hint = _closest_key(location)
+        return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("value_error", "assertion_error") or not key:
+        return message
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {message.lower()[:1]}{message[1:]}{shown}"
+
+
+def _closest_key(location: list[str]) -> Optional[str]:
+    """Closest valid spelling of an unknown dotted key, searched in its own section."""
+    cls = Config
+    for part in location[:-1]:
+        field = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        if field is None or not dataclasses.is_dataclass(field.type):
+            return None
+        cls = field.type
+    names = [f.name for f in dataclasses.fields(cls)]
+    match = difflib.get_close_matches(location[-1], names, n=1, cutoff=0.5)
+    return ".".join(location[:-1] + match) if match else None

@@ -1,0 +1,205 @@
+"""Data sources and splits: which files are tracks, their labels, and train/valid/test by track.
+
+Three sources: a folder with one sub-folder per class, a CSV manifest (path,label plus an
+optional split or fold column), and GTZAN in either common layout. Every split is made over
+tracks, never clips, so clips of one track cannot land on both sides.
+"""
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from sklearn.model_selection import train_test_split
+
+from genrenet.audio import AUDIO_EXTENSIONS
+from genrenet.config import DataConfig
+from genrenet.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid",
+                 "val": "valid", "dev": "valid", "test": "test", "testing": "test", "eval": "test"}
+
+GTZAN_HELP = ("GTZAN is not redistributable with genrenet: download the GTZAN genre collection "
+              "(for example the 'GTZAN Dataset - Music Genre Classification' archive on Kaggle) and "
+              "unpack it so that {path}/genres_original/blues/blues.00000.wav (or "
+              "{path}/genres/blues/blues.00000.au) exists, or point data.path at your copy")
+
+
+@dataclass(frozen=True)
+class Track:
+    path: Path
+    label: str
+    split: Optional[str] = None  # given by a manifest or GTZAN's filtered lists
+    fold: Optional[int] = None
+
+
+def find_tracks(data: DataConfig) -> list[Track]:
+    """All labelled tracks the config points at, in a stable order."""
+    if not data.path:
+        raise UserError("data.path is empty: set it in the config or with --set data.path=PATH")
+    path = Path(data.path)
+    kind = data.format if data.format != "auto" else _detect_format(path)
+    if kind == "gtzan":
+        tracks = _gtzan_tracks(path)
+    elif not path.exists():
+        raise UserError(f"data.path '{path}' does not exist")
+    elif kind == "csv":
+        tracks = _manifest_tracks(path)
+    else:
+        tracks = _folder_tracks(path)
+    if not tracks:
+        raise UserError(f"no audio files found under data.path '{path}'")
+    labels = {t.label for t in tracks}
+    if len(labels) < 2:
+        raise UserError(f"data.path '{path}' holds only one class ({labels.pop()}); a classifier needs two or more")
+    return tracks
+
+
+def split_tracks(tracks: list[Track], data: DataConfig) -> dict[str, list[Track]]:
+    """train/valid/test lists of tracks, as the data source and config define them."""
+    has_split = any(t.split for t in tracks)
+    has_fold = any(t.fold is not None for t in tracks)
+    if data.fold is not None and not has_fold:
+        raise UserError(f"data.fold={data.fold} was asked for, but the data has no fold column")
+
+    if data.split == "stratified" or not (has_split or has_fold):
+        rest, test = _stratified(tracks, data.test_fraction, data.split_seed)
+        valid_share = data.valid_fraction / (1 - data.test_fraction)
+        train, valid = _stratified(rest, valid_share, data.split_seed)
+    elif has_fold and (data.fold is not None or not has_split):
+        folds = sorted({t.fold for t in tracks if t.fold is not None})
+        if data.fold is None:
+            raise UserError(f"the data has folds {folds}: choose the test fold with --fold K (or data.fold)")
+        if data.fold not in folds:
+            raise UserError(f"data.fold={data.fold} is not one of the folds {folds}")
+        test = [t for t in tracks if t.fold == data.fold]
+        train, valid = _stratified([t for t in tracks if t.fold != data.fold], data.valid_fraction, data.split_seed)
+    else:
+        given = {name: [t for t in tracks if t.split == name] for name in SPLITS}
+        train, valid, test = given["train"], given["valid"], given["test"]
+        if not valid:
+            train, valid = _stratified(train, data.valid_fraction, data.split_seed)
+
+    splits = {"train": train, "valid": valid, "test": test}
+    _check_disjoint(splits)
+    if not train:
+        raise UserError("the training split has no tracks")
+    return splits
+
+
+def labels_of(tracks: list[Track]) -> list[str]:
+    return sorted({t.label for t in tracks})
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Every clip of every track as (features [1, mels, frames], label index, track index)."""
+
+    def __init__(self, features: list[torch.Tensor], targets: list[int]):
+        self.features = features
+        self.targets = targets
+        self.index = [(track, clip) for track, mel in enumerate(features) for clip in range(len(mel))]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        track, clip = self.index[i]
+        return self.features[track][clip].float().unsqueeze(0), self.targets[track], track
+
+
+def _detect_format(path: Path) -> str:
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    if _gtzan_root(path) is not None or "gtzan" in path.name.lower():
+        return "gtzan"
+    return "folder"
+
+
+def _folder_tracks(root: Path) -> list[Track]:
+    if not root.is_dir():
+        raise UserError(f"data.path '{root}' is not a folder (expected one sub-folder per class)")
+    tracks = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        tracks += [Track(path=f, label=class_dir.name) for f in files]
+    return tracks
+
+
+def _manifest_tracks(manifest: Path) -> list[Track]:
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise UserError(f"{manifest}: missing column(s) {', '.join(missing)} (need path,label; optional split or fold)")
+        rows = list(reader)
+    tracks = []
+    for line, row in enumerate(rows, start=2):
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLIT_ALIASES:
+            raise UserError(f"{manifest}:{line}: unknown split '{split}' (use train, valid or test)")
+        fold = (row.get("fold") or "").strip()
+        if fold and not fold.lstrip("-").isdigit():
+            raise UserError(f"{manifest}:{line}: fold must be a whole number, got '{fold}'")
+        path = Path(row["path"])
+        tracks.append(Track(path=path if path.is_absolute() else manifest.parent / path,
+                            label=row["label"].strip(), split=SPLIT_ALIASES.get(split),
+                            fold=int(fold) if fold else None))
+    return tracks
+
+
+def _gtzan_root(path: Path) -> Optional[Path]:
+    """The folder holding blues/, classical/, ... in either GTZAN layout, if any."""
+    for candidate in (path / "genres_original", path / "genres", path / "Data" / "genres_original", path):
+        if (candidate / "blues").is_dir() and any((candidate / "blues").glob("blues.000*.*")):
+            return candidate
+    return None
+
+
+def _gtzan_tracks(path: Path) -> list[Track]:
+    from torchaudio.datasets import gtzan  # the fault-filtered split lists ship with torchaudio
+
+    root = _gtzan_root(path)
+    if root is None:
+        raise UserError(f"GTZAN not found at data.path '{path}'. " + GTZAN_HELP.format(path=path))
+    split_of = {name: split for split, names in (("train", gtzan.filtered_train),
+                                                 ("valid", gtzan.filtered_valid),
+                                                 ("test", gtzan.filtered_test)) for name in names}
+    pattern = re.compile(r"^([a-z]+)\.(\d{5})$")
+    tracks = []
+    for genre in gtzan.gtzan_genres:
+        for file in sorted((root / genre).glob(f"{genre}.*")):
+            match = pattern.match(file.stem)
+            if match and file.suffix.lower() in AUDIO_EXTENSIONS:
+                # Tracks outside the filtered lists are the known faulty ones; they get no split
+                # and are used only by the stratified split.
+                tracks.append(Track(path=file, label=genre, split=split_of.get(file.stem, "excluded")))
+    return tracks
+
+
+def _stratified(tracks: list[Track], fraction: float, seed: int) -> tuple[list[Track], list[Track]]:
+    """Split tracks in two, keeping class proportions where every class has enough tracks."""
+    if fraction <= 0 or len(tracks) < 2:
+        return list(tracks), []
+    labels = [t.label for t in tracks]
+    try:
+        kept, held = train_test_split(tracks, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError:  # a class too small to stratify: fall back to a plain random split
+        kept, held = train_test_split(tracks, test_size=fraction, random_state=seed)
+    return sorted(kept, key=_order), sorted(held, key=_order)
+
+
+def _order(track: Track):
+    return (track.label, str(track.path))
+
+
+def _check_disjoint(splits: dict[str, list[Track]]) -> None:
+    seen = {}
+    for name, tracks in splits.items():
+        for track in tracks:
+            other = seen.setdefault(track.path, name)
+            if other != name:
+                raise UserError(f"{track.path} is listed in both the {other} and the {name} split")
