@@ -52,3 +52,18 @@ def load_checkpoint(path) -> dict:
     if state.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
     return state
+
+
+def load_model(path, device: torch.device | str = "cpu"):
+    """(model in eval mode, its Config, its labels, the raw checkpoint) from a checkpoint file."""
+    from genrenet.config import from_dict  # late imports keep this module free of the model code
+    from genrenet.models import build_model
+
+    state = load_checkpoint(path)
+    config = from_dict(state["config"], source=f"{path} (stored config)")
+    model = build_model(config.model, len(state["labels"]), config.features.n_mels)
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as error:
+        raise UserError(f"{path}: weights do not fit model '{config.model.name}' ({str(error).splitlines()[0]})") from None
+    return model.to(device).eval(), config, list(state["labels"]), state

@@ -1,0 +1,8 @@
+"""Predict genres: python predict.py --checkpoint runs/gtzan/best.pt song.mp3 more/*.flac [--segments] [--json]"""
+
+import sys
+
+from genrenet.prediction import main
+
+if __name__ == "__main__":
+    sys.exit(main())
