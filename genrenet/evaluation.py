@@ -102,8 +102,8 @@ def _class_table(m: dict) -> str:
 def _confusion_table(m: dict) -> str:
     labels, matrix = m["labels"], m["confusion_matrix"]
     width = max(len(label) for label in labels)
-    short = [label[:6] for label in labels]
-    cell = max(6, len(str(max(max(row) for row in matrix))))
+    short = [label[:10] for label in labels]
+    cell = max(4, max(len(s) for s in short), len(str(max(max(row) for row in matrix))))
     rows = [" " * width + "  " + " ".join(f"{s:>{cell}}" for s in short)]
     rows += [f"{label:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row) for label, row in zip(labels, matrix)]
     return "\n".join(rows)
