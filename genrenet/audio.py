@@ -44,7 +44,7 @@ def decode(path: str | Path) -> AudioSegment:
         if _ffmpeg_available():
             return _decode_with_ffmpeg(path)
         if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
-            raise AudioError(f"{path}: cannot decode ({_first_line(error)})") from None
+            raise AudioError(f"{path}: cannot decode ({_last_line(error)})") from None
         raise AudioError(f"{path}: {path.suffix or 'this'} files need ffmpeg; install it "
                          "(apt install ffmpeg, brew install ffmpeg, or conda install ffmpeg)") from None
     # Downmix here: pydub's own multi-channel downmix is a per-sample Python loop.
@@ -104,7 +104,7 @@ def _decode_with_ffmpeg(path: Path) -> AudioSegment:
     try:
         segment = AudioSegment.from_file(path)
     except Exception as error:  # pydub raises bare exceptions carrying ffmpeg's stderr
-        raise AudioError(f"{path}: cannot decode ({_first_line(error)})") from None
+        raise AudioError(f"{path}: cannot decode ({_last_line(error)})") from None
     if segment.channels > 1:
         samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels)
         return _to_segment(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)), segment.frame_rate)
@@ -123,6 +123,7 @@ def _ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 
 
-def _first_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
+    """The last line of an error: libsndfile's reason, or ffmpeg's after its banner."""
     text = str(error).strip().splitlines()
     return text[-1] if text else type(error).__name__

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from genrenet.errors import UserError
@@ -33,6 +33,13 @@ class DataConfig:
     cache_dir: str = "cache"
     num_workers: int = Field(0, ge=0)  # processes decoding audio into the cache
 
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.valid_fraction ({self.valid_fraction}) + data.test_fraction "
+                             f"({self.test_fraction}) must be below 1, or nothing is left to train on")
+        return self
+
 
 @dataclass(config=STRICT)
 class AudioConfig:
@@ -44,6 +51,11 @@ class AudioConfig:
     min_silence_ms: int = Field(1000, gt=0)  # shorter pauses are kept
     clip_seconds: float = Field(3.0, gt=0.0)
     hop_seconds: float = Field(3.0, gt=0.0)  # start-to-start distance between clips
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return {False: "off", True: "peak"}.get(value, value) if isinstance(value, bool) else value  # YAML: off is false
 
     @model_validator(mode="after")
     def _hop_within_clip(self):
@@ -136,6 +148,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if isinstance(raw, dict):  # a section whose keys are all commented out reads as None
+        raw = {section: {} if values is None else values for section, values in raw.items()}
     return from_dict(apply_overrides(raw, overrides), source=str(path))
 
 
@@ -148,13 +162,25 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if not sep or len(parts) != 2 or not all(parts):
             raise UserError(f"--set expects section.key=value, got '{item}'")
         section, name = parts
-        if not isinstance(raw.setdefault(section, {}), dict):
+        if raw.get(section) is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
             raise UserError(f"config section '{section}' is not a mapping")
+        if _is_text_setting(section, name):  # run.dir=2024 is a folder name, not a number
+            raw[section][name] = value
+            continue
         try:
             raw[section][name] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
             raw[section][name] = value
     return raw
+
+
+def _is_text_setting(section: str, name: str) -> bool:
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    cls = sections.get(section)
+    fields = {f.name: f.type for f in dataclasses.fields(cls)} if cls else {}
+    return fields.get(name) is str
 
 
 def preprocessing_key(config: Config) -> str:

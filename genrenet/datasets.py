@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
@@ -113,7 +114,7 @@ class ClipDataset(torch.utils.data.Dataset):
 def _detect_format(path: Path) -> str:
     if path.suffix.lower() == ".csv":
         return "csv"
-    if _gtzan_root(path) is not None or "gtzan" in path.name.lower():
+    if _gtzan_root(path) is not None:
         return "gtzan"
     return "folder"
 
@@ -139,8 +140,8 @@ def _manifest_tracks(manifest: Path) -> list[Track]:
     tracks = []
     for line, row in enumerate(rows, start=2):
         split = (row.get("split") or "").strip().lower() or None
-        if split is not None and split not in SPLIT_ALIASES:
-            raise UserError(f"{manifest}:{line}: unknown split '{split}' (use train, valid or test)")
+        if "split" in columns and split not in SPLIT_ALIASES:
+            raise UserError(f"{manifest}:{line}: split '{split or ''}' is not train, valid or test")
         fold = (row.get("fold") or "").strip()
         if fold and not fold.lstrip("-").isdigit():
             raise UserError(f"{manifest}:{line}: fold must be a whole number, got '{fold}'")
@@ -181,14 +182,20 @@ def _gtzan_tracks(path: Path) -> list[Track]:
 
 
 def _stratified(tracks: list[Track], fraction: float, seed: int) -> tuple[list[Track], list[Track]]:
-    """Split tracks in two, keeping class proportions where every class has enough tracks."""
+    """Split tracks in two, keeping class proportions; every class keeps at least one track."""
     if fraction <= 0 or len(tracks) < 2:
         return list(tracks), []
     labels = [t.label for t in tracks]
     try:
         kept, held = train_test_split(tracks, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError:  # a class too small to stratify: fall back to a plain random split
-        kept, held = train_test_split(tracks, test_size=fraction, random_state=seed)
+    except ValueError:  # a class too small for sklearn to stratify: hold out per class by hand
+        rng = np.random.default_rng(seed)
+        kept, held = [], []
+        for label in sorted(set(labels)):
+            members = [tracks[i] for i in rng.permutation(len(tracks)) if tracks[i].label == label]
+            count = min(round(fraction * len(members)), len(members) - 1)
+            held += members[:count]
+            kept += members[count:]
     return sorted(kept, key=_order), sorted(held, key=_order)
 
 
@@ -200,6 +207,6 @@ def _check_disjoint(splits: dict[str, list[Track]]) -> None:
     seen = {}
     for name, tracks in splits.items():
         for track in tracks:
-            other = seen.setdefault(track.path, name)
+            other = seen.setdefault(track.path.resolve(), name)  # one file spelled two ways is one track
             if other != name:
                 raise UserError(f"{track.path} is listed in both the {other} and the {name} split")

@@ -57,6 +57,8 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
         raise UserError(f"the {split} data has labels the checkpoint was not trained on: {', '.join(unknown)} "
                         f"(checkpoint labels: {', '.join(labels)})")
     data = load_split(tracks, labels, config, split)
+    if not data.tracks:
+        raise UserError(f"none of the {len(tracks)} {split} tracks could be read")
 
     clip_scores = clip_log_probs(model, data.features, device)
     clip_true = [t for scores, t in zip(clip_scores, data.targets) for _ in range(len(scores))]

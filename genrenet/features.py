@@ -20,4 +20,6 @@ class MelFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        return self.to_db(self.mel(waves))
+        # A channel axis makes AmplitudeToDB apply top_db per clip: with [clips, mels, frames] it
+        # would take the loudest clip of the file as the reference for all of them.
+        return self.to_db(self.mel(waves).unsqueeze(1)).squeeze(1)

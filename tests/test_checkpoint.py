@@ -1,0 +1,148 @@
+"""Checkpoints: round trip, atomic writes, and refusal of files that would run code when loaded."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, tiny_config
+from genrenet.checkpoint import FORMAT, atomic_save, load_checkpoint, load_model, save_checkpoint
+from genrenet.config import from_dict, to_dict
+from genrenet.errors import UserError
+from genrenet.models import build_model
+
+LABELS = ["clicks", "noise", "tone"]
+
+
+def trained_like_model(config, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(config.model, len(LABELS), config.features.n_mels)
+    # make batch-norm statistics non-trivial so a lost buffer would show
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 1, config.features.n_mels, 20) * 5 + 2)
+    return model.eval()
+
+
+def test_round_trip(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "data")
+    model = trained_like_model(config)
+    path = tmp_path / "run" / "best.pt"
+    metrics = {"epoch": 3, "valid_track_acc": 0.9}
+    save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config), labels=LABELS, epoch=3,
+                    metrics=metrics)
+    loaded, loaded_config, labels, state = load_model(path)
+    assert loaded_config == config
+    assert labels == LABELS
+    assert state["epoch"] == 3 and state["metrics"] == metrics and state["format"] == FORMAT
+    assert not loaded.training
+    original = model.state_dict()
+    assert original.keys() == loaded.state_dict().keys()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    x = torch.randn(4, 1, config.features.n_mels, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["logits"], model(x)["logits"], rtol=0, atol=0)
+    # a different model would not give the same outputs: the comparison above can fail
+    with torch.no_grad():
+        assert not torch.allclose(trained_like_model(config, seed=1)(x)["logits"], model(x)["logits"])
+
+
+def test_atomic_save_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "deep" / "folder" / "x.pt"
+    atomic_save({"a": torch.arange(5)}, target)
+    atomic_save({"a": torch.arange(6)}, target)  # replacing works too
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(6))
+
+
+def test_atomic_save_failure_keeps_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "x.pt"
+    atomic_save({"a": torch.arange(3)}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save({"a": Unpicklable()}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(3))
+
+
+class Payload:
+    """Unpickling this runs a shell command (as a malicious checkpoint would)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "data")
+    marker = tmp_path / "SENTINEL"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "version": 1, "model_state": {}, "config": to_dict(config), "labels": LABELS,
+                "epoch": 1, "metrics": {}, "extra": Payload(marker)}, evil)
+    for loader in (load_checkpoint, load_model):
+        with pytest.raises(UserError) as info:
+            loader(evil)
+        assert "evil.pt" in str(info.value) and "\n" not in str(info.value)
+        assert not marker.exists()
+    # the payload is real: an unsafe load (in a throwaway process) does run it
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
+                   cwd=REPO_ROOT, capture_output=True, timeout=120)
+    assert marker.exists()
+
+
+def test_non_checkpoint_files_are_refused(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(UserError, match="not a loadable genrenet checkpoint"):
+        load_checkpoint(text)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(UserError, match="not a genrenet checkpoint"):
+        load_checkpoint(plain)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(2), tensor)
+    with pytest.raises(UserError, match="not a genrenet checkpoint"):
+        load_model(tensor)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_future_version_is_refused(tmp_path):
+    path = tmp_path / "v2.pt"
+    torch.save({"format": FORMAT, "version": 2}, path)
+    with pytest.raises(UserError, match="version 2 is not supported"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_the_model(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "data")
+    model = trained_like_model(config)
+    path = tmp_path / "wide.pt"
+    narrow = to_dict(config)
+    narrow["model"]["width"] = 8  # stored config says width 8, weights are width 4
+    save_checkpoint(path, model_state=model.state_dict(), config=narrow, labels=LABELS, epoch=1, metrics={})
+    with pytest.raises(UserError, match="weights do not fit model 'small_cnn'"):
+        load_model(path)
+
+
+def test_stored_config_is_validated(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "data")
+    raw = to_dict(config)
+    raw["train"]["epochz"] = 3
+    path = tmp_path / "odd.pt"
+    save_checkpoint(path, model_state=trained_like_model(config).state_dict(), config=raw, labels=LABELS, epoch=1,
+                    metrics={})
+    with pytest.raises(UserError, match="unknown key 'train.epochz'"):
+        load_model(path)
+    assert from_dict(to_dict(config)) == config

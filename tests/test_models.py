@@ -1,0 +1,74 @@
+"""Models: the registry, output contract and parameter count."""
+
+import pytest
+import torch
+
+from genrenet.config import ModelConfig
+from genrenet.errors import UserError
+from genrenet.models import MODELS, SmallCNN, build_model, count_parameters
+
+
+@pytest.mark.parametrize("n_mels,frames", [(32, 32), (16, 63), (40, 5), (8, 1)])
+@pytest.mark.parametrize("width", [4, 8])
+def test_small_cnn_outputs(n_mels, frames, width):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="small_cnn", width=width, dropout=0.1), n_classes=5, n_mels=n_mels).eval()
+    assert isinstance(model, SmallCNN)
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, n_mels, frames))
+    assert set(out) == {"logits", "embedding"}
+    assert out["logits"].shape == (3, 5)
+    assert out["embedding"].shape == (3, 2 * 8 * width)  # mean and max of the last block's channels
+    assert torch.isfinite(out["logits"]).all()
+
+
+def test_batch_items_are_independent_in_eval_mode():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=4), 3, 32).eval()
+    x = torch.randn(4, 1, 32, 20)
+    with torch.no_grad():
+        together = model(x)["logits"]
+        alone = torch.cat([model(x[i:i + 1])["logits"] for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_model_can_learn():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=4, dropout=0.0), 2, 16)
+    x = torch.randn(16, 1, 16, 16)
+    x[8:, :, :8] += 3.0  # class 1: louder low bands
+    y = torch.tensor([0] * 8 + [1] * 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x)["logits"].argmax(1) == y).all()
+
+
+def test_unknown_model_name():
+    with pytest.raises(UserError) as info:
+        build_model(ModelConfig(name="resnet999"), 3, 32)
+    assert "resnet999" in str(info.value) and "small_cnn" in str(info.value)
+
+
+def test_registry():
+    assert "small_cnn" in MODELS
+
+
+def test_parameter_count():
+    model = build_model(ModelConfig(width=4), 3, 32)
+    count = count_parameters(model)
+    assert count == sum(p.numel() for p in model.parameters()) > 0
+    # width 4 -> channels 4, 8, 16, 32: convs without bias, batch norms (weight+bias), linear head
+    convs = 9 * (1 * 4 + 4 * 8 + 8 * 16 + 16 * 32)
+    norms = 2 * (1 + 4 + 8 + 16 + 32)
+    head = 64 * 3 + 3
+    assert count == convs + norms + head
+    wider = count_parameters(build_model(ModelConfig(width=8), 3, 32))
+    assert wider > count
+    # independent of n_mels (global pooling)
+    assert count_parameters(build_model(ModelConfig(width=4), 3, 128)) == count
