@@ -39,17 +39,25 @@ def decode(path: str | Path) -> AudioSegment:
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+        with open(path, "rb") as handle, soundfile.SoundFile(handle) as file:
+            rate = file.samplerate
+            # Downmix block by block (pydub's own multi-channel downmix is a per-sample Python
+            # loop), so a long multichannel file is never held whole as float32.
+            blocks = [_pcm16(block.mean(axis=1))
+                      for block in file.blocks(blocksize=1 << 20, dtype="float32", always_2d=True)]
+    except OSError as error:  # permission denied, I/O error: nothing to decode
+        raise AudioError(f"{path}: cannot read ({error.strerror or error})") from None
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError) as error:
         if _ffmpeg_available():
             return _decode_with_ffmpeg(path)
         if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
             raise AudioError(f"{path}: cannot decode ({_last_line(error)})") from None
         raise AudioError(f"{path}: {path.suffix or 'this'} files need ffmpeg; install it "
                          "(apt install ffmpeg, brew install ffmpeg, or conda install ffmpeg)") from None
-    # Downmix here: pydub's own multi-channel downmix is a per-sample Python loop.
-    mono = samples.mean(axis=1)
-    return _to_segment(mono, rate)
+    pcm = np.concatenate(blocks) if blocks else np.zeros(0, dtype="<i2")
+    if len(pcm) == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=int(rate), channels=1)
 
 
 def prepare(segment: AudioSegment, config: AudioConfig) -> AudioSegment:
@@ -94,10 +102,10 @@ def load_clips(path: str | Path, config: AudioConfig) -> torch.Tensor:
     return torch.nn.functional.pad(waves, (0, max(0, target - waves.shape[1])))[:, :target]
 
 
-def _to_segment(mono: np.ndarray, rate: int) -> AudioSegment:
+def _pcm16(mono: np.ndarray) -> np.ndarray:
+    """Float samples to 16-bit PCM; NaN and infinite samples (broken float files) become silence."""
     mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
-    pcm = (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
-    return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=int(rate), channels=1)
+    return (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
 
 
 def _decode_with_ffmpeg(path: Path) -> AudioSegment:
@@ -105,10 +113,11 @@ def _decode_with_ffmpeg(path: Path) -> AudioSegment:
         segment = AudioSegment.from_file(path)
     except Exception as error:  # pydub raises bare exceptions carrying ffmpeg's stderr
         raise AudioError(f"{path}: cannot decode ({_last_line(error)})") from None
-    if segment.channels > 1:
-        samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels)
-        return _to_segment(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)), segment.frame_rate)
-    return segment.set_sample_width(SAMPLE_WIDTH)
+    if segment.frame_count() == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels)
+    pcm = _pcm16(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)))
+    return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=segment.frame_rate, channels=1)
 
 
 def _samples(segment: AudioSegment) -> np.ndarray:

@@ -32,9 +32,14 @@ def atomic_save(obj, path: str | Path) -> None:
         raise
 
 
-def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict) -> None:
-    atomic_save({"format": FORMAT, "version": VERSION, "model_state": model_state, "config": config,
-                 "labels": list(labels), "epoch": epoch, "metrics": metrics}, path)
+def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict,
+                    training_state: dict | None = None) -> None:
+    """training_state (optimizer, scheduler, progress, RNG) goes into last.pt only, to resume a run."""
+    state = {"format": FORMAT, "version": VERSION, "model_state": model_state, "config": config,
+             "labels": list(labels), "epoch": epoch, "metrics": metrics}
+    if training_state is not None:
+        state["training_state"] = training_state
+    atomic_save(state, path)
 
 
 def load_checkpoint(path) -> dict:

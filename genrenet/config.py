@@ -32,6 +32,7 @@ class DataConfig:
     split_seed: int = 0
     cache_dir: str = "cache"
     num_workers: int = Field(0, ge=0)  # processes decoding audio into the cache
+    on_error: Literal["skip", "fail"] = "skip"  # what an unreadable file does to a run
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -94,11 +95,27 @@ class ModelConfig:
 
 
 @dataclass(config=STRICT)
+class AugmentConfig:
+    """Training-time augmentation; each piece is off at 0 / null, and all are off at evaluation."""
+    crop_seconds: Optional[float] = Field(None, gt=0.0)  # train on random crops of this length
+    gain_db: float = Field(0.0, ge=0.0)  # random gain in +/- gain_db
+    freq_masks: int = Field(0, ge=0)  # SpecAugment frequency masks per example
+    freq_mask_width: int = Field(8, gt=0)  # at most this many mel bands each
+    time_masks: int = Field(0, ge=0)
+    time_mask_width: int = Field(16, gt=0)  # at most this many frames each
+    mixup_alpha: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) mixing weight; 0 is off
+
+
+@dataclass(config=STRICT)
 class TrainConfig:
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)  # peak learning rate of AdamW
     weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)  # linear warm-up before the cosine decay
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    early_stopping: int = Field(0, ge=0)  # stop after this many epochs without improvement; 0 is off
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
     seed: int = 0
@@ -115,6 +132,7 @@ class Config:
     audio: AudioConfig = dataclasses.field(default_factory=AudioConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
@@ -123,6 +141,12 @@ class Config:
         nyquist = self.audio.sample_rate / 2
         if self.features.f_max is not None and self.features.f_max > nyquist:
             raise ValueError(f"features.f_max ({self.features.f_max}) is above half of audio.sample_rate ({nyquist})")
+        if self.augment.crop_seconds is not None and self.augment.crop_seconds > self.audio.clip_seconds:
+            raise ValueError(f"augment.crop_seconds ({self.augment.crop_seconds}) is longer than audio.clip_seconds "
+                             f"({self.audio.clip_seconds})")
+        if self.train.warmup_epochs >= self.train.epochs and self.train.warmup_epochs > 0:
+            raise ValueError(f"train.warmup_epochs ({self.train.warmup_epochs}) must be fewer than train.epochs "
+                             f"({self.train.epochs})")
         return self
 
 

@@ -7,6 +7,7 @@ tracks, never clips, so clips of one track cannot land on both sides.
 
 import csv
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,10 +17,12 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from genrenet.audio import AUDIO_EXTENSIONS
-from genrenet.config import DataConfig
+from genrenet.cache import cached_features
+from genrenet.config import Config, DataConfig
 from genrenet.errors import UserError
 
 SPLITS = ("train", "valid", "test")
+MAX_REPORTED = 5  # unreadable files listed by name; the rest are counted
 SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid",
                  "val": "valid", "dev": "valid", "test": "test", "testing": "test", "eval": "test"}
 
@@ -93,6 +96,38 @@ def split_tracks(tracks: list[Track], data: DataConfig) -> dict[str, list[Track]
 
 def labels_of(tracks: list[Track]) -> list[str]:
     return sorted({t.label for t in tracks})
+
+
+@dataclass
+class SplitData:
+    """The tracks of one split that could be read, with their features and label indices."""
+    tracks: list[Track]
+    features: list[torch.Tensor]
+    targets: list[int]
+
+    @property
+    def clip_count(self) -> int:
+        return sum(len(f) for f in self.features)
+
+
+def load_split(tracks: list[Track], labels: list[str], config: Config, name: str) -> SplitData:
+    """Features of a split's tracks from the cache, computed where missing.
+
+    A file that cannot be read is skipped with a summary (data.on_error=skip, the default) or
+    stops the run with the list of failures (data.on_error=fail) once every file was tried.
+    """
+    features, failures = cached_features([t.path for t in tracks], config, desc=f"{name} features")
+    if failures:
+        shown = [f"  - {reason}" for reason in list(failures.values())[:MAX_REPORTED]]
+        more = [f"  ... and {len(failures) - MAX_REPORTED} more"] if len(failures) > MAX_REPORTED else []
+        if config.data.on_error == "fail":
+            raise UserError(f"{len(failures)} of {len(tracks)} {name} files could not be read (data.on_error=fail; "
+                            f"set data.on_error=skip to leave them out), first: {list(failures.values())[0]}")
+        print("\n".join([f"warning: skipped {len(failures)} of {len(tracks)} {name} files that could not be read:"]
+                        + shown + more), file=sys.stderr)
+    index = {label: i for i, label in enumerate(labels)}
+    kept = [i for i, f in enumerate(features) if f is not None]
+    return SplitData([tracks[i] for i in kept], [features[i] for i in kept], [index[tracks[i].label] for i in kept])
 
 
 class ClipDataset(torch.utils.data.Dataset):

@@ -16,10 +16,10 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from genrenet.checkpoint import load_model
 from genrenet.config import Config, apply_overrides, from_dict, to_dict
-from genrenet.datasets import find_tracks, split_tracks
+from genrenet.datasets import find_tracks, load_split, split_tracks
 from genrenet.errors import UserError, cli_entry
 from genrenet.scores import clip_log_probs, track_log_probs
-from genrenet.training import load_split, resolve_device
+from genrenet.training import resolve_device
 
 
 def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:

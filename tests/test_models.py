@@ -5,7 +5,7 @@ import torch
 
 from genrenet.config import ModelConfig
 from genrenet.errors import UserError
-from genrenet.models import MODELS, SmallCNN, build_model, count_parameters
+from genrenet.models import MODELS, ResidualCNN, SmallCNN, build_model, count_flops, count_parameters, describe_models
 
 
 @pytest.mark.parametrize("n_mels,frames", [(32, 32), (16, 63), (40, 5), (8, 1)])
@@ -57,6 +57,7 @@ def test_unknown_model_name():
 
 def test_registry():
     assert "small_cnn" in MODELS
+    assert isinstance(build_model(ModelConfig(name="resnet_cnn", width=4), 3, 32), ResidualCNN)
 
 
 def test_parameter_count():
@@ -72,3 +73,62 @@ def test_parameter_count():
     assert wider > count
     # independent of n_mels (global pooling)
     assert count_parameters(build_model(ModelConfig(width=4), 3, 128)) == count
+
+
+@pytest.mark.parametrize("n_mels,frames", [(128, 130), (64, 216), (32, 16), (96, 17), (40, 5)])
+def test_residual_cnn_outputs(n_mels, frames):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet_cnn", width=8), n_classes=7, n_mels=n_mels).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, n_mels, frames))
+    assert set(out) == {"logits", "embedding"}
+    assert out["logits"].shape == (2, 7)
+    assert out["embedding"].shape == (2, 2 * 4 * 8)  # mean and max of the last block's 4 * width channels
+    assert torch.isfinite(out["logits"]).all()
+
+
+def test_residual_cnn_size_and_independence_in_eval_mode():
+    model = ResidualCNN(n_classes=10, n_mels=128)  # default width
+    assert 300_000 <= count_parameters(model) <= 2_000_000
+    assert count_parameters(ResidualCNN(n_classes=10, n_mels=64)) == count_parameters(model)
+    torch.manual_seed(0)
+    small = ResidualCNN(n_classes=3, n_mels=32, width=4).eval()
+    x = torch.randn(3, 1, 32, 20)
+    with torch.no_grad():
+        together = small(x)["logits"]
+        alone = torch.cat([small(x[i:i + 1])["logits"] for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_cnn_trains():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet_cnn", width=4, dropout=0.0), 2, 16)
+    x = torch.randn(16, 1, 16, 16)
+    x[8:, :, :8] += 3.0
+    y = torch.tensor([0] * 8 + [1] * 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x)["logits"].argmax(1) == y).all()
+
+
+def test_count_flops_by_hand():
+    model = SmallCNN(n_classes=3, n_mels=16, width=2).train()
+    # 16 x 16 input; ceil-mode pools give 8 x 8, 4 x 4, 2 x 2 at blocks 2-4; channels 2, 4, 8, 16
+    macs = 9 * (1 * 2 * 256 + 2 * 4 * 64 + 4 * 8 * 16 + 8 * 16 * 4) + 32 * 3
+    assert count_flops(model, 16, 16) == 2 * macs
+    assert model.training  # mode restored
+    assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+
+
+def test_describe_models_covers_the_registry():
+    rows = describe_models()
+    assert [row["name"] for row in rows] == list(MODELS)
+    for row in rows:
+        assert row["parameters"] == count_parameters(MODELS[row["name"]](n_classes=10, n_mels=128))
+        assert 0 < row["mflops_64x216"] and 0 < row["mflops_128x130"]

@@ -1,0 +1,119 @@
+"""Classic baselines: an SVM or a random forest on handcrafted clip features (genrenet.handcrafted).
+
+Models are stored with skops.io, scikit-learn's secure format, never pickle: loading first lists
+the types in the file and refuses any this module does not create, so a crafted file cannot run
+code. The bytes fit in a genrenet checkpoint as a uint8 tensor, which torch.load(weights_only=True)
+reads back as plain data.
+"""
+
+import numpy as np
+import skops.io
+import torch
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from genrenet.errors import UserError
+
+KINDS = ("svm", "random_forest")
+MIN_PROBABILITY = 1e-7  # floor before the log: a class the model rules out must not become -inf
+CALIBRATION_FOLDS = 5
+
+# Types inside the models built here that skops does not trust by default: a forest's trees
+# and the SVM's probability calibration. Everything else in them (the Pipeline, scaler, SVC,
+# forest, numpy arrays and dtypes) is on skops' own trusted list.
+ALLOWED_TYPES = frozenset({
+    "sklearn.tree._tree.Tree",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+})
+STEP_TYPES = {"scale": StandardScaler, "svm": CalibratedClassifierCV, "random_forest": RandomForestClassifier}
+PLAIN = (str, int, float, bool, type(None), np.generic)
+
+
+def build_classifier(kind: str, *, svm_c: float = 10.0, svm_kernel: str = "rbf", svm_gamma: str | float = "scale",
+                     rf_trees: int = 300, rf_max_depth: int | None = None, standardize: bool = True,
+                     seed: int = 0) -> Pipeline:
+    """An unfitted Pipeline: optional standardization, then an SVM or random forest with predict_proba."""
+    if kind == "svm":
+        # Platt-scaled probabilities from 5-fold cross-validation, as SVC(probability=True) does;
+        # scikit-learn 1.9 deprecates that flag in favour of exactly this wrapper.
+        step = CalibratedClassifierCV(SVC(C=svm_c, kernel=svm_kernel, gamma=svm_gamma), method="sigmoid",
+                                      cv=CALIBRATION_FOLDS, ensemble=False)
+    elif kind == "random_forest":
+        step = RandomForestClassifier(n_estimators=rf_trees, max_depth=rf_max_depth, n_jobs=-1, random_state=seed)
+    else:
+        raise UserError(f"unknown classic model '{kind}' (expected one of: {', '.join(KINDS)})")
+    return Pipeline(([("scale", StandardScaler())] if standardize else []) + [(kind, step)])
+
+
+def to_bytes(model: Pipeline) -> bytes:
+    return skops.io.dumps(model)
+
+
+def from_bytes(data: bytes) -> Pipeline:
+    """A model written by to_bytes; anything holding other types is refused before it is built."""
+    try:
+        found = skops.io.get_untrusted_types(data=bytes(data))
+    except Exception as error:
+        raise UserError(f"not a readable classic model ({_reason(error)})") from None
+    unexpected = [name for name in found if name not in ALLOWED_TYPES]
+    if unexpected:
+        raise UserError(f"refusing to load classic model: it contains type '{unexpected[0]}', "
+                        "which genrenet does not create")
+    try:
+        model = skops.io.loads(bytes(data), trusted=found)
+    except Exception as error:
+        raise UserError(f"not a readable classic model ({_reason(error)})") from None
+    _check_structure(model)
+    return model
+
+
+def clip_log_probs(model: Pipeline, features: list[torch.Tensor], num_classes: int) -> list[torch.Tensor]:
+    """Per track, log-probabilities of every clip: a list of [clips, num_classes] float tensors.
+
+    Like genrenet.scores.clip_log_probs. The model's classes_ are label indices; a label with no
+    training example has no column in predict_proba, so it gets MIN_PROBABILITY here.
+    """
+    classes = np.asarray(model.classes_).astype(int)
+    if classes.min() < 0 or classes.max() >= num_classes:
+        raise UserError(f"classic model predicts label indices up to {classes.max()}, "
+                        f"but there are only {num_classes} labels")
+    sizes = [len(f) for f in features]
+    probabilities = np.full((sum(sizes), num_classes), MIN_PROBABILITY)
+    if sum(sizes):
+        flat = torch.cat(features).double().numpy()
+        probabilities[:, classes] = np.maximum(model.predict_proba(flat), MIN_PROBABILITY)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return list(torch.split(torch.from_numpy(np.log(probabilities)).float(), sizes))
+
+
+def _check_structure(model) -> None:
+    """The loaded object must be a Pipeline shaped as build_classifier makes it, with plain settings.
+
+    skops' default trusted list admits many scikit-learn types; this keeps out every one that
+    build_classifier would not have put there.
+    """
+    if type(model) is not Pipeline:
+        raise UserError(f"refusing to load classic model: it holds a {type(model).__name__}, not a Pipeline")
+    names = [name for name, _ in model.steps]
+    if names not in (["scale", "svm"], ["svm"], ["scale", "random_forest"], ["random_forest"]):
+        raise UserError(f"refusing to load classic model: unexpected steps {names}")
+    for name, step in model.steps:
+        estimators = [step] + ([step.estimator] if name == "svm" else [])
+        expected = [STEP_TYPES[name]] + ([SVC] if name == "svm" else [])
+        for estimator, cls in zip(estimators, expected):
+            if type(estimator) is not cls:
+                raise UserError(f"refusing to load classic model: step '{name}' holds a "
+                                f"{type(estimator).__name__}, expected {cls.__name__}")
+            for key, value in estimator.get_params(deep=False).items():
+                if key != "estimator" and not isinstance(value, PLAIN):
+                    raise UserError(f"refusing to load classic model: setting '{name}.{key}' "
+                                    f"holds a {type(value).__name__}")
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
