@@ -281,11 +281,15 @@ def parse_args(argv=None):
     parser.add_argument("--fold", type=int, help="test fold of a dataset with a fold column (same as data.fold)")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in run.dir")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
+    parser.add_argument("--cv", action="store_true",
+                        help="cross-validate: train and evaluate every fold of the data's fold column")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)")
-    if args.resume and (args.overrides or args.fold is not None or args.overwrite):
-        parser.error("--resume continues a run with its stored config; --set, --fold and --overwrite do not apply")
+    if args.resume and (args.overrides or args.fold is not None or args.overwrite or args.cv):
+        parser.error("--resume continues a run with its stored config; --set, --fold, --overwrite and --cv do not apply")
+    if args.cv and args.fold is not None:
+        parser.error("--cv trains every fold; --fold picks one")
     return args
 
 
@@ -295,6 +299,10 @@ def main(argv=None):
     try:
         if args.resume:
             resume(args.resume)
+        elif args.cv:
+            from genrenet.crossval import cross_validate  # it builds on evaluation, which imports this module
+
+            cross_validate(load_config(args.config, args.overrides), overwrite=args.overwrite)
         else:
             overrides = args.overrides + ([f"data.fold={args.fold}"] if args.fold is not None else [])
             train(load_config(args.config, overrides), overwrite=args.overwrite)
