@@ -1,4 +1,4 @@
-"""Feature cache: decode and compute mel spectrograms once per file and preprocessing setting.
+"""Feature cache: decode and compute features once per file and preprocessing setting.
 
 Features live under <cache_dir>/<preprocessing key>/, where the key hashes every audio and
 feature setting, so changing any of them starts a fresh folder instead of reusing stale
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from genrenet.audio import load_clips
 from genrenet.checkpoint import atomic_save
-from genrenet.config import Config, preprocessing_key, to_dict
+from genrenet.config import Config, feature_kind, preprocessing_key, to_dict
 from genrenet.errors import UserError
 from genrenet.features import MelFeatures
 
@@ -24,11 +24,13 @@ class FeatureCache:
     def __init__(self, config: Config):
         self.config = config
         self.dir = Path(config.data.cache_dir) / preprocessing_key(config)
+        self.width = feature_width(config)
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = self.dir / "settings.json"
         if not settings.exists():  # for people browsing the cache folder
             full = to_dict(config)
-            settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"]}, indent=2))
+            settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"],
+                                            "kind": feature_kind(config)}, indent=2))
 
     def entry(self, audio_path: Path) -> Path:
         stat = Path(audio_path).stat()
@@ -40,21 +42,51 @@ class FeatureCache:
         """Cached features, or None when absent or unreadable (a damaged entry is recomputed)."""
         try:
             stored = torch.load(self.entry(audio_path), map_location="cpu", weights_only=True)
-            mel = stored["mel"]
-            if isinstance(mel, torch.Tensor) and mel.dim() == 3 and mel.shape[1] == self.config.features.n_mels:
-                return mel
+            features = stored["features"]
+            dims = 3 if feature_kind(self.config) == "mel" else 2
+            if isinstance(features, torch.Tensor) and features.dim() == dims and features.shape[1] == self.width:
+                return features
         except Exception:
             pass
         return None
 
-    def store(self, audio_path: Path, mel: torch.Tensor) -> None:
-        atomic_save({"mel": mel}, self.entry(audio_path))
+    def store(self, audio_path: Path, features: torch.Tensor) -> None:
+        atomic_save({"features": features}, self.entry(audio_path))
 
 
-def compute_features(path: Path, config: Config, mel: MelFeatures | None = None) -> torch.Tensor:
-    """Log-mel spectrograms of every clip of one file: [clips, n_mels, frames], float16 to halve memory."""
-    mel = mel or MelFeatures(config.features, config.audio)
-    return mel(load_clips(path, config.audio)).to(torch.float16)
+def feature_extractor(config: Config):
+    """Waveforms [clips, samples] -> features per clip, for the config's kind of model:
+    log-mel spectrograms [clips, n_mels, frames] (float16, to halve memory) for CNNs,
+    handcrafted statistics [clips, features] for the classic models."""
+    if feature_kind(config) == "mel":
+        return _HalfPrecision(MelFeatures(config.features, config.audio))
+    from genrenet.handcrafted import HandcraftedFeatures  # librosa loads slowly; only classic models need it
+
+    return HandcraftedFeatures(config.audio.sample_rate, n_fft=config.features.n_fft,
+                               hop_length=config.features.hop_length, n_mfcc=config.features.n_mfcc)
+
+
+class _HalfPrecision:
+    """Wraps an extractor to return float16 (a class, not a lambda, so worker processes can pickle it)."""
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+        return self.extractor(waves).to(torch.float16)
+
+
+def feature_width(config: Config) -> int:
+    """Size of a clip's features along dimension 1, to recognize a damaged or foreign cache entry."""
+    if feature_kind(config) == "mel":
+        return config.features.n_mels
+    return len(feature_extractor(config).names)
+
+
+def compute_features(path: Path, config: Config, extractor=None) -> torch.Tensor:
+    """Features of every clip of one file (see feature_extractor)."""
+    extractor = extractor or feature_extractor(config)
+    return extractor(load_clips(path, config.audio))
 
 
 def cached_features(paths: list[Path], config: Config, desc: str = "features"):
@@ -70,13 +102,13 @@ def cached_features(paths: list[Path], config: Config, desc: str = "features"):
     if missing:
         loader = torch.utils.data.DataLoader(_Extraction([paths[i] for i in missing], config), batch_size=None,
                                              num_workers=config.data.num_workers, worker_init_fn=_one_thread)
-        for i, (mel, problem) in zip(missing, tqdm(loader, total=len(missing), desc=f"{desc} ({len(missing)} new)",
-                                                   unit="file")):
+        for i, (features, problem) in zip(missing, tqdm(loader, total=len(missing),
+                                                        desc=f"{desc} ({len(missing)} new)", unit="file")):
             if problem:
                 failures[paths[i]] = problem
             else:
-                cache.store(paths[i], mel)
-                results[i] = mel
+                cache.store(paths[i], features)
+                results[i] = features
     return results, failures
 
 
@@ -85,14 +117,14 @@ class _Extraction(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[Path], config: Config):
         self.paths, self.config = paths, config
-        self.mel = MelFeatures(config.features, config.audio)
+        self.extractor = feature_extractor(config)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return compute_features(self.paths[i], self.config, self.mel), None
+            return compute_features(self.paths[i], self.config, self.extractor), None
         except UserError as error:
             return None, str(error)
 

@@ -66,6 +66,11 @@ def load_model(path, device: torch.device | str = "cpu"):
 
     state = load_checkpoint(path)
     config = from_dict(state["config"], source=f"{path} (stored config)")
+    if config.model.type != "cnn":
+        from genrenet.classic import ClassicModel, from_bytes
+
+        pipeline = from_bytes(state["model_state"]["sklearn"].numpy().tobytes())
+        return ClassicModel(pipeline, len(state["labels"])), config, list(state["labels"]), state
     model = build_model(config.model, len(state["labels"]), config.features.n_mels)
     try:
         model.load_state_dict(state["model_state"])

@@ -90,6 +90,19 @@ def clip_log_probs(model: Pipeline, features: list[torch.Tensor], num_classes: i
     return list(torch.split(torch.from_numpy(np.log(probabilities)).float(), sizes))
 
 
+class ClassicModel(torch.nn.Module):
+    """A fitted pipeline behind the CNNs' interface, so validation, evaluation and prediction share
+    one path: a batch of clip features [batch, 1, features] in, {"logits": log-probabilities} out."""
+
+    def __init__(self, pipeline: Pipeline, num_classes: int):
+        super().__init__()
+        self.pipeline, self.num_classes = pipeline, num_classes
+
+    def forward(self, x: torch.Tensor) -> dict:
+        rows = x.reshape(len(x), -1).cpu()
+        return {"logits": clip_log_probs(self.pipeline, [rows], self.num_classes)[0].to(x.device)}
+
+
 def _check_structure(model) -> None:
     """The loaded object must be a Pipeline shaped as build_classifier makes it, with plain settings.
 
@@ -102,16 +115,18 @@ def _check_structure(model) -> None:
     if names not in (["scale", "svm"], ["svm"], ["scale", "random_forest"], ["random_forest"]):
         raise UserError(f"refusing to load classic model: unexpected steps {names}")
     for name, step in model.steps:
-        estimators = [step] + ([step.estimator] if name == "svm" else [])
-        expected = [STEP_TYPES[name]] + ([SVC] if name == "svm" else [])
-        for estimator, cls in zip(estimators, expected):
-            if type(estimator) is not cls:
-                raise UserError(f"refusing to load classic model: step '{name}' holds a "
-                                f"{type(estimator).__name__}, expected {cls.__name__}")
-            for key, value in estimator.get_params(deep=False).items():
-                if key != "estimator" and not isinstance(value, PLAIN):
-                    raise UserError(f"refusing to load classic model: setting '{name}.{key}' "
-                                    f"holds a {type(value).__name__}")
+        _check_estimator(name, step, STEP_TYPES[name])
+        if name == "svm":
+            _check_estimator("svm.estimator", step.estimator, SVC)
+
+
+def _check_estimator(where: str, estimator, cls) -> None:
+    if type(estimator) is not cls:
+        raise UserError(f"refusing to load classic model: '{where}' holds a {type(estimator).__name__}, "
+                        f"expected {cls.__name__}")
+    for key, value in estimator.get_params(deep=False).items():
+        if key != "estimator" and not isinstance(value, PLAIN):  # a callable kernel, say
+            raise UserError(f"refusing to load classic model: setting '{where}.{key}' holds a {type(value).__name__}")
 
 
 def _reason(error: Exception) -> str:

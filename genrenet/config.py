@@ -9,7 +9,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -76,6 +76,7 @@ class FeatureConfig:
     f_max: Optional[float] = Field(None, gt=0.0)  # None: sample_rate / 2
     power: float = Field(2.0, gt=0.0)
     top_db: Optional[float] = Field(80.0, gt=0.0)
+    n_mfcc: int = Field(20, gt=0)  # handcrafted features (svm, random_forest) only
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -89,9 +90,18 @@ class FeatureConfig:
 
 @dataclass(config=STRICT)
 class ModelConfig:
+    # cnn: a network from the registry (name) on log-mel spectrograms; svm / random_forest:
+    # the classic recipe on handcrafted clip features.
+    type: Literal["cnn", "svm", "random_forest"] = "cnn"
     name: str = "small_cnn"
     width: int = Field(32, gt=0)  # channels of the first block; later blocks double it
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    standardize: bool = True  # classic models: scale each feature to zero mean, unit variance
+    svm_c: float = Field(10.0, gt=0.0)
+    svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
+    svm_gamma: Union[Literal["scale", "auto"], float] = "scale"
+    rf_trees: int = Field(300, gt=0)
+    rf_max_depth: Optional[int] = Field(None, gt=0)
 
 
 @dataclass(config=STRICT)
@@ -209,8 +219,19 @@ def _is_text_setting(section: str, name: str) -> bool:
 
 def preprocessing_key(config: Config) -> str:
     """A short hash of every setting that changes the cached features."""
-    settings = {"audio": dataclasses.asdict(config.audio), "features": dataclasses.asdict(config.features)}
+    settings = {"audio": dataclasses.asdict(config.audio), "features": dataclasses.asdict(config.features),
+                "kind": feature_kind(config)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_title(config: Config) -> str:
+    """The model's name as reports show it: the registry name of a CNN, or svm / random_forest."""
+    return config.model.name if config.model.type == "cnn" else config.model.type
+
+
+def feature_kind(config: Config) -> str:
+    """Which features a model reads: log-mel spectrograms or handcrafted clip statistics."""
+    return "mel" if config.model.type == "cnn" else "handcrafted"
 
 
 def _describe(error: dict) -> str:

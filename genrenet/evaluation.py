@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
 from genrenet.checkpoint import load_model
-from genrenet.config import Config, apply_overrides, from_dict, to_dict
+from genrenet.config import Config, apply_overrides, from_dict, model_title, to_dict
 from genrenet.datasets import find_tracks, load_split, split_tracks
 from genrenet.errors import UserError, cli_entry
 from genrenet.scores import clip_log_probs, track_log_probs
@@ -64,7 +64,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     clip_true = [t for scores, t in zip(clip_scores, data.targets) for _ in range(len(scores))]
     clip_pred = torch.cat(clip_scores).argmax(dim=1).tolist()
     track_pred = track_log_probs(clip_scores).argmax(dim=1).tolist()
-    report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": config.model.name,
+    report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": model_title(config),
               "data": config.data.path, "track_aggregation": "mean of clip log-probabilities",
               "clip": classification_metrics(clip_true, clip_pred, labels),
               "track": classification_metrics(data.targets, track_pred, labels),
@@ -89,6 +89,32 @@ def format_report(report: dict) -> str:
                   f"F1 {m['macro_f1']:.3f}", "", _class_table(m), "", "confusion matrix (rows: true, columns: predicted)",
                   _confusion_table(m)]
     return "\n".join(lines)
+
+
+def compare_reports(reports: list[dict]) -> str:
+    """Several checkpoints side by side on the same tracks: accuracy (95% CI), macro F1, per-class F1."""
+    first = reports[0]
+    lines = [f"{len(reports)} checkpoints on the same {first['split']} split of {first['data']} "
+             f"({first['track']['n']} tracks; track level unless marked)", ""]
+    width = max(len(r["checkpoint"]) for r in reports)
+    model_width = max(len(r["model"]) for r in reports + [{"model": "model"}])
+    lines.append(f"   {'checkpoint':<{width}}  {'model':<{model_width}}  accuracy (95% CI)      macro F1  clip accuracy")
+    for key, r in zip(_keys(reports), reports):
+        t = r["track"]
+        lines.append(f"{key}  {r['checkpoint']:<{width}}  {r['model']:<{model_width}}  {t['accuracy']:.3f} "
+                     f"({t['accuracy_ci95'][0]:.3f}-{t['accuracy_ci95'][1]:.3f})  {t['macro_f1']:8.3f}  "
+                     f"{r['clip']['accuracy']:13.3f}")
+    labels = first["track"]["labels"]
+    label_width = max(len(label) for label in labels + ["class"])
+    lines += ["", "per-class F1", f"{'class':<{label_width}}  " + "  ".join(f"{k:>5}" for k in _keys(reports))]
+    for label in labels:
+        lines.append(f"{label:<{label_width}}  " + "  ".join(f"{r['track']['per_class'][label]['f1-score']:5.3f}"
+                                                           for r in reports))
+    return "\n".join(lines)
+
+
+def _keys(reports: list[dict]) -> list[str]:
+    return [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(reports))]
 
 
 def _class_table(m: dict) -> str:
@@ -123,7 +149,8 @@ def _with_overrides(stored: Config, overrides: list[str]) -> Config:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint: scikit-learn report on one data split.")
-    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="a best.pt or last.pt from a run directory; repeat to compare models side by side")
     parser.add_argument("--split", choices=("test", "valid", "train"), default="test")
     parser.add_argument("--data", help="data path, when the data has moved since training (same as --set data.path=)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
@@ -140,7 +167,14 @@ def main(argv=None):
         overrides.append(f"data.path={args.data}")
     if args.fold is not None:
         overrides.append(f"data.fold={args.fold}")
-    report = evaluate(args.checkpoint, args.split, overrides)
-    print(format_report(report))
-    print(f"\nreport written to {report['written_to']}")
+    reports = [evaluate(path, args.split, overrides) for path in args.checkpoint]
+    if len(reports) == 1:
+        print(format_report(reports[0]))
+    else:
+        tracks = [[t["path"] for t in r["tracks"]] for r in reports]
+        if any(t != tracks[0] for t in tracks[1:]):
+            raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
+                            "so they cannot be compared side by side")
+        print(compare_reports(reports))
+    print("\nreport" + ("s" if len(reports) > 1 else "") + " written to " + ", ".join(r["written_to"] for r in reports))
     return 0

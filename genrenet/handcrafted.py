@@ -109,15 +109,17 @@ class HandcraftedFeatures:
         prior = np.exp(-0.5 * (np.log2(bpm / PRIOR_BPM) / PRIOR_OCTAVES) ** 2)
         # Lags beyond half the clip repeat too few times to count.
         prior[(bpm > MAX_BPM) | (bpm < MIN_BPM) | (lags > ac.shape[1] // 2) | (lags == 0)] = 0
-        best = np.argmax(summed * prior, axis=1)
+        weighted = summed * prior
+        best = np.argmax(weighted, axis=1)
+        rows = np.arange(len(ac))
         # The period is the centre of mass around the best lag: a beat falling between frames
         # splits its peak over two lags in proportion to where it falls.
         near = np.clip(best[:, None] + np.arange(-1, 2), 0, ac.shape[1] - 1)
         mass = np.take_along_axis(ac, near, axis=1)
         lag = (mass * near).sum(axis=1) / np.maximum(mass.sum(axis=1), 1e-10)
-        pulse = (summed * prior)[np.arange(len(ac)), best] > 0
+        pulse = weighted[rows, best] > 0
         tempo = np.where(pulse, frames_per_minute / np.maximum(lag, 1), 0.0)
-        clarity = np.where(pulse, np.clip(summed[np.arange(len(ac)), best] / np.maximum(summed[:, 0], 1e-10), 0, 1), 0)
+        clarity = np.where(pulse, np.clip(summed[rows, best] / np.maximum(summed[:, 0], 1e-10), 0, 1), 0.0)
         return np.stack([tempo, clarity], axis=1).astype(np.float32)
 
 

@@ -12,16 +12,15 @@ from pathlib import Path
 import torch
 
 from genrenet.audio import AUDIO_EXTENSIONS
-from genrenet.cache import compute_features
+from genrenet.cache import compute_features, feature_extractor
 from genrenet.checkpoint import load_model
 from genrenet.errors import UserError, cli_entry
-from genrenet.features import MelFeatures
 from genrenet.scores import clip_log_probs, track_log_probs
 from genrenet.training import resolve_device
 
 
-def predict_file(path: Path, model, config, labels: list[str], device, mel: MelFeatures, top_k: int = 3) -> dict:
-    features = compute_features(path, config, mel)
+def predict_file(path: Path, model, config, labels: list[str], device, extractor, top_k: int = 3) -> dict:
+    features = compute_features(path, config, extractor)
     clip_scores = clip_log_probs(model, [features], device)[0]
     track_probs = track_log_probs([clip_scores])[0].exp()
     top = torch.topk(track_probs, min(top_k, len(labels)))
@@ -75,14 +74,14 @@ def main(argv=None):
         raise UserError("--top-k must be at least 1")
     device = resolve_device(args.device)
     model, config, labels, _ = load_model(args.checkpoint, device)
-    mel = MelFeatures(config.features, config.audio)
+    extractor = feature_extractor(config)
     paths = expand_inputs(args.files)
     if not paths:
         raise UserError("no audio files found in the given folders")
     results, failed = [], 0
     for path in paths:
         try:
-            result = predict_file(path, model, config, labels, device, mel, args.top_k)
+            result = predict_file(path, model, config, labels, device, extractor, args.top_k)
         except UserError as error:  # one bad file must not stop the others
             failed += 1
             print(f"error: {error}", file=sys.stderr)

@@ -58,7 +58,7 @@ def test_cached_values_are_what_gets_returned(tmp_path, files):
     first, _ = cached_features(files, config)
     cache = FeatureCache(config)
     marker = torch.full_like(first[0], 7.0)
-    atomic_save({"mel": marker}, cache.entry(files[0]))
+    atomic_save({"features": marker}, cache.entry(files[0]))
     again, _ = cached_features(files, config)
     assert torch.equal(again[0], marker)  # read from the cache, not recomputed
 
@@ -134,12 +134,12 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path, files, damage):
     elif damage == "garbage":
         entry.write_bytes(b"\x00not a torch file" * 10)
     else:
-        torch.save({"mel": torch.zeros(3, 5)}, entry)  # loadable but not features
+        torch.save({"features": torch.zeros(3, 5)}, entry)  # loadable but not features
     second, failures = cached_features(files, config)
     assert failures == {}
     assert torch.equal(second[0], first[0])
     # and the entry is healthy again
-    assert torch.equal(torch.load(entry, weights_only=True)["mel"], first[0])
+    assert torch.equal(torch.load(entry, weights_only=True)["features"], first[0])
 
 
 def test_unreadable_audio_is_reported_and_others_still_come_back(tmp_path, files):

@@ -1,0 +1,126 @@
+"""Classic baselines: SVM and random forest learn handcrafted features, persist safely, score tracks."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import skops.io
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from conftest import CLASSES, SR, class_signal
+from genrenet.classic import build_classifier, clip_log_probs, from_bytes, to_bytes
+from genrenet.errors import UserError
+from genrenet.handcrafted import HandcraftedFeatures
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    """Handcrafted features of 1 s clips of conftest's three classes: 20 per class to train, 10 to test."""
+    features = HandcraftedFeatures(SR, n_fft=512, hop_length=128)
+
+    def split(seeds):
+        x = features(torch.from_numpy(np.stack([class_signal(label, 1.0, seed=1000 * c + s)
+                                                for c, label in enumerate(CLASSES) for s in seeds]).astype(np.float32)))
+        return x, np.repeat(np.arange(len(CLASSES)), len(seeds))
+
+    return split(range(20)), split(range(20, 30))
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset):
+    (x, y), _ = dataset
+    return {kind: build_classifier(kind, rf_trees=50).fit(x.numpy(), y) for kind in ("svm", "random_forest")}
+
+
+def test_build_classifier_steps():
+    assert [name for name, _ in build_classifier("svm").steps] == ["scale", "svm"]
+    assert [name for name, _ in build_classifier("random_forest", standardize=False).steps] == ["random_forest"]
+    forest = build_classifier("random_forest", rf_trees=7, rf_max_depth=3, seed=5)[-1]
+    assert (forest.n_estimators, forest.max_depth, forest.random_state) == (7, 3, 5)
+    svm = build_classifier("svm", svm_c=2.0, svm_kernel="linear", svm_gamma=0.1)[-1].estimator
+    assert (svm.C, svm.kernel, svm.gamma) == (2.0, "linear", 0.1)
+    with pytest.raises(UserError, match="unknown classic model 'knn'"):
+        build_classifier("knn")
+
+
+@pytest.mark.parametrize("kind", ["svm", "random_forest"])
+def test_learns_a_separable_problem(dataset, fitted, kind):
+    _, (x, y) = dataset
+    assert (fitted[kind].predict(x.numpy()) == y).mean() >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["svm", "random_forest"])
+def test_round_trip_through_a_torch_checkpoint(dataset, fitted, kind):
+    _, (x, _) = dataset
+    buffer = io.BytesIO()
+    torch.save({"classic": torch.frombuffer(bytearray(to_bytes(fitted[kind])), dtype=torch.uint8)}, buffer)
+    buffer.seek(0)
+    stored = torch.load(buffer, weights_only=True)["classic"]
+    model = from_bytes(stored.numpy().tobytes())
+    assert np.array_equal(model.predict_proba(x.numpy()), fitted[kind].predict_proba(x.numpy()))
+
+
+class Tripwire:
+    """Records that it was rebuilt: loading must never get that far."""
+
+    marker = None
+
+    def __setstate__(self, state):
+        open(state["marker"], "w").close()
+
+
+def test_refuses_unknown_types_without_running_them(tmp_path):
+    trap = Tripwire()
+    trap.marker = str(tmp_path / "ran")
+    data = skops.io.dumps({"model": trap})
+    with pytest.raises(UserError, match="contains type '.*Tripwire'"):
+        from_bytes(data)
+    assert not (tmp_path / "ran").exists()
+
+    shell = Pipeline([("scale", FunctionTransformer(func=os.system)), ("svm", LogisticRegression())])  # unfitted
+    with pytest.raises(UserError, match=r"contains type '.*system'"):
+        from_bytes(skops.io.dumps(shell))
+
+
+def test_refuses_models_this_module_does_not_build():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), [0, 1] * 10
+    for model, reason in [(LogisticRegression().fit(x, y), "not a Pipeline"),
+                          (Pipeline([("scale", StandardScaler()), ("svm", LogisticRegression())]).fit(x, y),
+                           "holds a LogisticRegression")]:
+        with pytest.raises(UserError, match=reason):
+            from_bytes(skops.io.dumps(model))
+
+
+def test_garbage_is_a_user_error(fitted):
+    for data in (b"", b"not a model at all" * 10, to_bytes(fitted["svm"])[:500]):
+        with pytest.raises(UserError, match="not a readable classic model"):
+            from_bytes(data)
+
+
+def test_clip_log_probs_per_track(dataset, fitted):
+    _, (x, y) = dataset
+    tracks = [x[:3], x[10:11], x[0:0], x[25:]]
+    scores = clip_log_probs(fitted["svm"], tracks, num_classes=3)
+    assert [s.shape for s in scores] == [(3, 3), (1, 3), (0, 3), (5, 3)]
+    assert all(s.dtype == torch.float32 for s in scores)
+    flat = torch.cat(scores)
+    assert torch.allclose(flat.exp().sum(dim=1), torch.ones(len(flat)), atol=1e-5)
+    assert (flat.argmax(dim=1).numpy() == np.concatenate([y[:3], y[10:11], y[25:]])).all()
+    assert clip_log_probs(fitted["svm"], [], num_classes=3) == []
+
+
+def test_clip_log_probs_keeps_columns_of_unseen_classes(dataset):
+    (x, y), _ = dataset
+    keep = y != 1  # label 1 has no training example
+    model = build_classifier("random_forest", rf_trees=20).fit(x.numpy()[keep], y[keep])
+    scores = clip_log_probs(model, [x[:2], x[40:42]], num_classes=4)[1]
+    assert scores.shape == (2, 4) and torch.isfinite(scores).all()
+    assert (scores.argmax(dim=1) == 2).all()  # class 2's column is still column 2
+    assert (scores[:, [1, 3]] < np.log(1e-6)).all()
+    with pytest.raises(UserError, match="only 2 labels"):
+        clip_log_probs(model, [x[:2]], num_classes=2)
