@@ -6,6 +6,7 @@ ogg and mp3), so a pip-only install needs no system ffmpeg. Formats libsndfile c
 """
 
 import functools
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -39,7 +40,9 @@ def decode(path: str | Path) -> AudioSegment:
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     try:
-        with open(path, "rb") as handle, soundfile.SoundFile(handle) as file:
+        with open(path, "rb"):  # permission problems surface here, as an OSError with a plain reason
+            pass
+        with soundfile.SoundFile(str(path)) as file:
             rate = file.samplerate
             # Downmix block by block (pydub's own multi-channel downmix is a per-sample Python
             # loop), so a long multichannel file is never held whole as float32.
@@ -51,7 +54,10 @@ def decode(path: str | Path) -> AudioSegment:
         if _ffmpeg_available():
             return _decode_with_ffmpeg(path)
         if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
-            raise AudioError(f"{path}: cannot decode ({_last_line(error)})") from None
+            reason = _last_line(error)
+            if "does not exist" in reason:  # libsndfile's words for data that looks like MPEG but is not
+                reason = "unrecognised or damaged audio data"
+            raise AudioError(f"{path}: cannot decode ({reason})") from None
         raise AudioError(f"{path}: {path.suffix or 'this'} files need ffmpeg; install it "
                          "(apt install ffmpeg, brew install ffmpeg, or conda install ffmpeg)") from None
     pcm = np.concatenate(blocks) if blocks else np.zeros(0, dtype="<i2")
@@ -133,6 +139,8 @@ def _ffmpeg_available() -> bool:
 
 
 def _last_line(error: Exception) -> str:
-    """The last line of an error: libsndfile's reason, or ffmpeg's after its banner."""
+    """The last line of an error: libsndfile's reason (without its repeat of the path), or
+    ffmpeg's after its banner."""
     text = str(error).strip().splitlines()
-    return text[-1] if text else type(error).__name__
+    reason = text[-1] if text else type(error).__name__
+    return re.sub(r"^Error opening .*?: ", "", reason)

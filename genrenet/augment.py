@@ -16,6 +16,7 @@ class SpectrogramAugment(torch.nn.Module):
 
     Applied in that order, each with its own random draw per example:
     - crop_frames: a crop of this many frames at a random offset (clips no longer are kept whole);
+    - shift_frames: a circular roll along time by up to this many frames either way;
     - gain_db: a gain uniform in [-gain_db, gain_db] added to the dB values. Features are
       power_to_db with a top_db floor relative to the clip's own peak, so this equals a waveform gain;
     - freq_masks / time_masks bands, each of a width uniform in [0, *_mask_width] at a uniform
@@ -26,8 +27,10 @@ class SpectrogramAugment(torch.nn.Module):
     """
 
     def __init__(self, crop_frames: Optional[int] = None, gain_db: float = 0.0,
-                 freq_masks: int = 0, freq_mask_width: int = 0, time_masks: int = 0, time_mask_width: int = 0):
+                 freq_masks: int = 0, freq_mask_width: int = 0, time_masks: int = 0, time_mask_width: int = 0,
+                 shift_frames: int = 0):
         super().__init__()
+        self.shift_frames = shift_frames
         self.crop_frames = crop_frames or None
         self.gain_db = gain_db
         self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
@@ -35,13 +38,15 @@ class SpectrogramAugment(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"crop_frames={self.crop_frames}, gain_db={self.gain_db}, freq_masks={self.freq_masks}x"
-                f"{self.freq_mask_width}, time_masks={self.time_masks}x{self.time_mask_width}")
+                f"{self.freq_mask_width}, time_masks={self.time_masks}x{self.time_mask_width}, shift_frames={self.shift_frames}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         if self.crop_frames is not None and x.shape[-1] > self.crop_frames:
             x = random_crop(x, self.crop_frames)
+        if self.shift_frames > 0:
+            x = random_roll(x, self.shift_frames)
         if self.gain_db > 0:
             gain = (torch.rand(len(x), 1, 1, 1, device=x.device) * 2 - 1) * self.gain_db
             x = x + gain.to(x.dtype)
@@ -63,6 +68,14 @@ def random_crop(x: torch.Tensor, frames: int) -> torch.Tensor:
     offsets = (torch.rand(len(x), device=x.device) * (x.shape[-1] - frames + 1)).long()
     index = offsets[:, None] + torch.arange(frames, device=x.device)  # [batch, frames]
     return x.gather(-1, index[:, None, None, :].expand(*x.shape[:-1], frames))
+
+
+def random_roll(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each example rolled circularly along time by its own offset, uniform in [-max_shift, max_shift]."""
+    frames = x.shape[-1]
+    shifts = (torch.rand(len(x), device=x.device) * (2 * max_shift + 1)).long() - max_shift
+    index = (torch.arange(frames, device=x.device) - shifts[:, None]) % frames  # [batch, frames]
+    return x.gather(-1, index[:, None, None, :].expand(x.shape))
 
 
 def band_masks(batch: int, size: int, count: int, max_width: int, device) -> Optional[torch.Tensor]:

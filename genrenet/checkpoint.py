@@ -5,7 +5,9 @@ the label list and the metrics it was chosen by, so evaluation and prediction ne
 """
 
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +32,8 @@ def atomic_save(obj, path: str | Path) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
 
 
 def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict,
@@ -48,10 +52,16 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a loadable genrenet checkpoint ({reason[:200]})") from None
+        if "Weights only load failed" in str(error):  # pickled objects: never unpickle them
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            what = f"the Python object '{found.group(1)}'" if found else "pickled Python objects"
+            raise UserError(f"{path}: refused: it holds {what}, which could run code when loaded; "
+                            "genrenet checkpoints hold only tensors and plain data") from None
+        raise UserError(f"{path}: not a genrenet checkpoint (not a file PyTorch can read)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a genrenet checkpoint")
     if state.get("version") != VERSION:

@@ -17,7 +17,8 @@ from pydantic.dataclasses import dataclass
 
 from genrenet.errors import UserError
 
-STRICT = ConfigDict(extra="forbid")
+# Unknown keys are errors; so are inf and nan, which pass a range check but break the pipeline.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(config=STRICT)
@@ -96,6 +97,9 @@ class ModelConfig:
     name: str = "small_cnn"
     width: int = Field(32, gt=0)  # channels of the first block; later blocks double it
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    # CNN input normalization: global (one batch norm over all dB values) or frequency (a batch
+    # norm per mel band, so every band is standardized on its own).
+    input_norm: Literal["global", "frequency"] = "global"
     standardize: bool = True  # classic models: scale each feature to zero mean, unit variance
     svm_c: float = Field(10.0, gt=0.0)
     svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
@@ -114,6 +118,9 @@ class AugmentConfig:
     time_masks: int = Field(0, ge=0)
     time_mask_width: int = Field(16, gt=0)  # at most this many frames each
     mixup_alpha: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) mixing weight; 0 is off
+    # Circular time shift (roll) of each example by a uniform offset of up to this many seconds
+    # either way; 0 is off. Keeps all of a clip's content, unlike crop_seconds.
+    time_shift_seconds: float = Field(0.0, ge=0.0)
 
 
 @dataclass(config=STRICT)
@@ -151,6 +158,13 @@ class Config:
         nyquist = self.audio.sample_rate / 2
         if self.features.f_max is not None and self.features.f_max > nyquist:
             raise ValueError(f"features.f_max ({self.features.f_max}) is above half of audio.sample_rate ({nyquist})")
+        clip_samples = round(self.audio.clip_seconds * self.audio.sample_rate)
+        if clip_samples < self.features.n_fft:
+            raise ValueError(f"features.n_fft ({self.features.n_fft}) is longer than a clip ({clip_samples} samples "
+                             f"= audio.clip_seconds x audio.sample_rate)")
+        f_max = self.features.f_max if self.features.f_max is not None else nyquist
+        if self.features.f_min >= f_max:
+            raise ValueError(f"features.f_min ({self.features.f_min}) must be below features.f_max ({f_max})")
         if self.augment.crop_seconds is not None and self.augment.crop_seconds > self.audio.clip_seconds:
             raise ValueError(f"augment.crop_seconds ({self.augment.crop_seconds}) is longer than audio.clip_seconds "
                              f"({self.audio.clip_seconds})")

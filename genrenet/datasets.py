@@ -40,8 +40,9 @@ class Track:
     fold: Optional[int] = None
 
 
-def find_tracks(data: DataConfig) -> list[Track]:
-    """All labelled tracks the config points at, in a stable order."""
+def find_tracks(data: DataConfig, min_classes: int = 2) -> list[Track]:
+    """All labelled tracks the config points at, in a stable order. Training needs two classes
+    or more; evaluating a model on data of a single class is fine."""
     if not data.path:
         raise UserError("data.path is empty: set it in the config or with --set data.path=PATH")
     path = Path(data.path)
@@ -57,7 +58,7 @@ def find_tracks(data: DataConfig) -> list[Track]:
     if not tracks:
         raise UserError(f"no audio files found under data.path '{path}'")
     labels = {t.label for t in tracks}
-    if len(labels) < 2:
+    if len(labels) < min_classes:
         raise UserError(f"data.path '{path}' holds only one class ({labels.pop()}); a classifier needs two or more")
     return tracks
 
@@ -159,7 +160,9 @@ def _folder_tracks(root: Path) -> list[Track]:
         raise UserError(f"data.path '{root}' is not a folder (expected one sub-folder per class)")
     tracks = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        # A broken link stays in, so the run reports it instead of dropping it without a word.
+        files = sorted(p for p in class_dir.rglob("*")
+                       if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or p.is_symlink()))
         tracks += [Track(path=f, label=class_dir.name) for f in files]
     return tracks
 

@@ -49,7 +49,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     device = resolve_device(config.train.device)
     model.to(device)
 
-    tracks = split_tracks(find_tracks(config.data), config.data)[split]
+    tracks = split_tracks(find_tracks(config.data, min_classes=1), config.data)[split]
     if not tracks:
         raise UserError(f"the {split} split has no tracks")
     unknown = sorted({t.label for t in tracks} - set(labels))

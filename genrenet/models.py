@@ -11,6 +11,22 @@ from genrenet.config import ModelConfig
 from genrenet.errors import UserError
 
 
+class FrequencyNorm(nn.Module):
+    """Batch norm with one mean, variance and affine pair per mel band: [batch, 1, n_mels, frames]
+    is standardized band by band, so quiet high bands weigh as much as loud low ones."""
+
+    def __init__(self, n_mels: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(n_mels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+def input_norm(kind: str, n_mels: int) -> nn.Module:
+    return FrequencyNorm(n_mels) if kind == "frequency" else nn.BatchNorm2d(1)
+
+
 class SmallCNN(nn.Module):
     """Four conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) and global pooling.
 
@@ -19,11 +35,11 @@ class SmallCNN(nn.Module):
     Batch norm on the input standardizes the dB values, so features need no extra scaling.
     """
 
-    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3):
+    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global"):
         super().__init__()
-        del n_mels  # global pooling makes the network independent of the mel count
+        # global pooling makes the network independent of the mel count (except norm="frequency")
         channels = [1, width, width * 2, width * 4, width * 8]
-        self.input_norm = nn.BatchNorm2d(1)
+        self.input_norm = input_norm(norm, n_mels)
         self.blocks = nn.Sequential(*[
             nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                           nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True))
@@ -67,11 +83,11 @@ class ResidualCNN(nn.Module):
     by count_flops with forward hooks (batch norm, ReLU and pooling left out).
     """
 
-    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3):
+    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global"):
         super().__init__()
-        del n_mels  # global pooling makes the network independent of the mel count
+        # global pooling makes the network independent of the mel count (except norm="frequency")
         channels = [1, width, width * 2, width * 4, width * 4]
-        self.input_norm = nn.BatchNorm2d(1)
+        self.input_norm = input_norm(norm, n_mels)
         self.blocks = nn.Sequential(*[ResidualBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])])
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * channels[-1], n_classes)
@@ -85,10 +101,15 @@ class ResidualCNN(nn.Module):
 MODELS = {"small_cnn": SmallCNN, "resnet_cnn": ResidualCNN}
 
 
-def build_model(config: ModelConfig, n_classes: int, n_mels: int) -> nn.Module:
-    if config.name not in MODELS:
+def check_model_name(config: ModelConfig) -> None:
+    if config.type == "cnn" and config.name not in MODELS:
         raise UserError(f"model.name '{config.name}' is not a known model (choose from {', '.join(sorted(MODELS))})")
-    return MODELS[config.name](n_classes=n_classes, n_mels=n_mels, width=config.width, dropout=config.dropout)
+
+
+def build_model(config: ModelConfig, n_classes: int, n_mels: int) -> nn.Module:
+    check_model_name(config)
+    return MODELS[config.name](n_classes=n_classes, n_mels=n_mels, width=config.width, dropout=config.dropout,
+                               norm=config.input_norm)
 
 
 def count_parameters(model: nn.Module) -> int:

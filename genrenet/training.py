@@ -24,7 +24,7 @@ from genrenet.checkpoint import load_checkpoint, save_checkpoint
 from genrenet.config import Config, from_dict, load_config, to_dict
 from genrenet.datasets import ClipDataset, SplitData, find_tracks, labels_of, load_split, split_tracks
 from genrenet.errors import UserError, cli_entry
-from genrenet.models import build_model, count_parameters
+from genrenet.models import build_model, check_model_name, count_parameters
 from genrenet.scores import clip_log_probs, track_log_probs
 
 
@@ -120,6 +120,7 @@ def train(config: Config, overwrite: bool = False) -> Path:
     if (run_dir / "best.pt").exists() and not overwrite:
         raise UserError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
                         f"--resume {run_dir} to continue it, or choose another folder with --set run.dir=PATH")
+    check_model_name(config.model)  # before minutes of decoding, not after
     if config.model.type != "cnn":
         return _fit_classic(config, run_dir)
     return _fit(config, run_dir, resume_state=None)
@@ -188,6 +189,8 @@ def _fit(config: Config, run_dir: Path, resume_state: dict | None) -> Path:
                 **progress}
         save_checkpoint(path, **state)
 
+    if resume_state is None:  # resumable from the start, even if killed before the first epoch ends
+        checkpoint(run_dir / "last.pt", 0, {}, with_training_state=True)
     with _StopRequest() as stop:
         while progress["epoch"] <= config.train.epochs:
             epoch, skip = progress["epoch"], progress["batches_done"]

@@ -146,3 +146,22 @@ def test_torch_cross_entropy_handles_soft_targets_with_label_smoothing():
     smoothed = targets * (1 - 0.1) + 0.1 / 4
     expected = -(smoothed * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
     torch.testing.assert_close(F.cross_entropy(logits, targets, label_smoothing=0.1), expected)
+
+
+def test_time_shift_rolls_each_example_within_the_bound():
+    x = batch(n=32)
+    torch.manual_seed(0)
+    shifted = SpectrogramAugment(shift_frames=5).train()(x)
+    assert shifted.shape == x.shape
+    seen = set()
+    for original, rolled in zip(x, shifted):
+        matches = [s for s in range(-5, 6) if torch.equal(torch.roll(original, s, dims=-1), rolled)]
+        assert matches  # a circular roll of the whole example: nothing lost, nothing invented
+        seen.add(matches[0])
+    assert len(seen) > 3  # offsets vary across the batch
+
+
+def test_time_shift_off_and_in_eval_mode():
+    x = batch()
+    torch.testing.assert_close(SpectrogramAugment(shift_frames=0).train()(x), x, rtol=0, atol=0)
+    assert SpectrogramAugment(shift_frames=5).eval()(x) is x

@@ -104,7 +104,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_non_checkpoint_files_are_refused(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(UserError, match="not a loadable genrenet checkpoint"):
+    with pytest.raises(UserError, match="not a genrenet checkpoint"):
         load_checkpoint(text)
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(2)}, plain)

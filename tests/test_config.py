@@ -208,12 +208,12 @@ PREPROCESSING_CHANGES = [
     "audio.sample_rate=16000", "audio.normalize=peak", "audio.peak_dbfs=-3", "audio.strip_silence=true",
     "audio.silence_dbfs=-40", "audio.min_silence_ms=500", "audio.clip_seconds=4", "audio.hop_seconds=1",
     "features.n_fft=2048", "features.win_length=512", "features.hop_length=256", "features.n_mels=64",
-    "features.f_min=20", "features.f_max=8000", "features.power=1.0", "features.top_db=60",
+    "features.f_min=20", "features.f_max=8000", "features.power=1.0", "features.top_db=60", "features.n_mfcc=13",
 ]
 OTHER_CHANGES = [
     "train.epochs=3", "train.lr=0.1", "train.batch_size=4", "train.seed=5", "train.device=cpu",
     "model.width=8", "model.dropout=0.1", "data.path=elsewhere", "data.cache_dir=/tmp/c",
-    "data.split_seed=3", "data.valid_fraction=0.3", "run.dir=runs/other",
+    "data.split_seed=3", "data.valid_fraction=0.3", "run.dir=runs/other", "model.type=cnn",
 ]
 BASE = {"audio": {"normalize": "off", "clip_seconds": 3.0, "hop_seconds": 3.0}}
 

@@ -132,3 +132,24 @@ def test_describe_models_covers_the_registry():
     for row in rows:
         assert row["parameters"] == count_parameters(MODELS[row["name"]](n_classes=10, n_mels=128))
         assert 0 < row["mflops_64x216"] and 0 < row["mflops_128x130"]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet_cnn"])
+def test_frequency_input_norm(name):
+    torch.manual_seed(0)
+    config = ModelConfig(name=name, width=4, input_norm="frequency")
+    model = build_model(config, n_classes=3, n_mels=16)
+    x = torch.randn(8, 1, 16, 20) * torch.linspace(1, 20, 16)[:, None] + torch.linspace(-80, 0, 16)[:, None]
+    normed = model.input_norm(x)  # training mode: batch statistics, per mel band
+    torch.testing.assert_close(normed.mean(dim=(0, 1, 3)), torch.zeros(16), rtol=0, atol=1e-4)
+    torch.testing.assert_close(normed.std(dim=(0, 1, 3), unbiased=False), torch.ones(16), rtol=0, atol=1e-3)
+    model.eval()
+    with torch.no_grad():
+        assert model(x)["logits"].shape == (8, 3)
+
+
+def test_global_input_norm_is_the_default_and_keeps_checkpoint_keys():
+    assert ModelConfig().input_norm == "global"
+    model = build_model(ModelConfig(name="resnet_cnn", width=4), 3, 16)
+    assert isinstance(model.input_norm, torch.nn.BatchNorm2d) and model.input_norm.num_features == 1
+    assert "input_norm.weight" in model.state_dict()
