@@ -93,9 +93,11 @@ def build_augment(config: Config) -> SpectrogramAugment:
     aug = config.augment
     crop = (round(aug.crop_seconds * config.audio.sample_rate / config.features.hop_length) + 1
             if aug.crop_seconds else None)
+    frames_per_second = config.audio.sample_rate / config.features.hop_length
     return SpectrogramAugment(crop_frames=crop, gain_db=aug.gain_db, freq_masks=aug.freq_masks,
                               freq_mask_width=aug.freq_mask_width, time_masks=aug.time_masks,
-                              time_mask_width=aug.time_mask_width)
+                              time_mask_width=aug.time_mask_width,
+                              shift_frames=round(aug.time_shift_seconds * frames_per_second))
 
 
 def prepare_data(config: Config):
