@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from genrenet.checkpoint import load_checkpoint
-from genrenet.config import Config, apply_overrides, from_dict, to_dict
+from genrenet.config import Config, apply_overrides, from_dict, model_title, to_dict
 from genrenet.datasets import find_tracks
 from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
@@ -43,7 +43,7 @@ def cross_validate(config: Config, overwrite: bool = False) -> dict:
         print(f"fold {fold}: track accuracy {rows[-1]['track_accuracy']:.3f} on {rows[-1]['test_tracks']} tracks")
 
     accuracies = [row["track_accuracy"] for row in rows]
-    summary = {"model": config.model.name, "data": config.data.path, "folds": rows,
+    summary = {"model": model_title(config), "data": config.data.path, "folds": rows,
                "mean_track_accuracy": statistics.mean(accuracies),
                "std_track_accuracy": statistics.stdev(accuracies),  # sample standard deviation over folds
                "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),

@@ -27,7 +27,27 @@ def input_norm(kind: str, n_mels: int) -> nn.Module:
     return FrequencyNorm(n_mels) if kind == "frequency" else nn.BatchNorm2d(1)
 
 
-class SmallCNN(nn.Module):
+class GlobalPoolCNN(nn.Module):
+    """The frame every CNN here shares: input normalization, conv blocks, mean and max pooling over
+    frequency and time, dropout and a linear head. Global pooling makes the network independent
+    of the clip length and (except with norm="frequency") of the mel count."""
+
+    def __init__(self, blocks: nn.Sequential, channels: int, n_classes: int, n_mels: int, dropout: float,
+                 norm: str):
+        super().__init__()
+        self.input_norm = input_norm(norm, n_mels)
+        self.blocks = blocks
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * channels, n_classes)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        x = self.blocks(self.input_norm(x))
+        # Mean and max over frequency and time: the mean hears texture, the max hears events.
+        embedding = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding}
+
+
+class SmallCNN(GlobalPoolCNN):
     """Four conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) and global pooling.
 
     The classic small mel-spectrogram CNN (cf. Choi et al., "Automatic tagging using deep
@@ -36,22 +56,12 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global"):
-        super().__init__()
-        # global pooling makes the network independent of the mel count (except norm="frequency")
         channels = [1, width, width * 2, width * 4, width * 8]
-        self.input_norm = input_norm(norm, n_mels)
-        self.blocks = nn.Sequential(*[
+        blocks = nn.Sequential(*[
             nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                           nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True))
             for c_in, c_out in zip(channels, channels[1:])])
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * channels[-1], n_classes)
-
-    def forward(self, x: torch.Tensor) -> dict:
-        x = self.blocks(self.input_norm(x))
-        # Mean and max over frequency and time: the mean hears texture, the max hears events.
-        embedding = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding}
+        super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm)
 
 
 class ResidualBlock(nn.Module):
@@ -71,7 +81,7 @@ class ResidualBlock(nn.Module):
         return self.pool(torch.relu(self.body(x) + self.shortcut(x)))
 
 
-class ResidualCNN(nn.Module):
+class ResidualCNN(GlobalPoolCNN):
     """Four residual blocks (width, 2w, 4w, 4w channels), each halving frequency and time, and global pooling.
 
     A short-chunk residual CNN after ShortChunkCNN_Res in Won et al., "Evaluation of CNN-based
@@ -84,18 +94,9 @@ class ResidualCNN(nn.Module):
     """
 
     def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global"):
-        super().__init__()
-        # global pooling makes the network independent of the mel count (except norm="frequency")
         channels = [1, width, width * 2, width * 4, width * 4]
-        self.input_norm = input_norm(norm, n_mels)
-        self.blocks = nn.Sequential(*[ResidualBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])])
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * channels[-1], n_classes)
-
-    def forward(self, x: torch.Tensor) -> dict:
-        x = self.blocks(self.input_norm(x))
-        embedding = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding}
+        blocks = nn.Sequential(*[ResidualBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])])
+        super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm)
 
 
 MODELS = {"small_cnn": SmallCNN, "resnet_cnn": ResidualCNN}

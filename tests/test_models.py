@@ -32,9 +32,10 @@ def test_batch_items_are_independent_in_eval_mode():
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
-def test_model_can_learn():
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_can_learn(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(width=4, dropout=0.0), 2, 16)
+    model = build_model(ModelConfig(name=name, width=4, dropout=0.0), 2, 16)
     x = torch.randn(16, 1, 16, 16)
     x[8:, :, :8] += 3.0  # class 1: louder low bands
     y = torch.tensor([0] * 8 + [1] * 8)
@@ -98,23 +99,6 @@ def test_residual_cnn_size_and_independence_in_eval_mode():
         together = small(x)["logits"]
         alone = torch.cat([small(x[i:i + 1])["logits"] for i in range(3)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
-
-
-def test_residual_cnn_trains():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name="resnet_cnn", width=4, dropout=0.0), 2, 16)
-    x = torch.randn(16, 1, 16, 16)
-    x[8:, :, :8] += 3.0
-    y = torch.tensor([0] * 8 + [1] * 8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(30):
-        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        assert (model(x)["logits"].argmax(1) == y).all()
 
 
 def test_count_flops_by_hand():
