@@ -80,7 +80,9 @@ def feature_width(config: Config) -> int:
     """Size of a clip's features along dimension 1, to recognize a damaged or foreign cache entry."""
     if feature_kind(config) == "mel":
         return config.features.n_mels
-    return len(feature_extractor(config).names)
+    from genrenet.handcrafted import feature_names
+
+    return len(feature_names(config.features.n_mfcc))
 
 
 def compute_features(path: Path, config: Config, extractor=None) -> torch.Tensor:

@@ -20,6 +20,15 @@ MIN_BPM, MAX_BPM = 30.0, 300.0  # tempo search range
 PRIOR_BPM, PRIOR_OCTAVES = 120.0, 1.0  # librosa's log-normal tempo prior: settles octave ambiguity
 
 
+def feature_names(n_mfcc: int) -> list[str]:
+    """One name per feature column, in the order HandcraftedFeatures returns them."""
+    return ([f"loudness_{s}" for s in ("mean", "std", "min", "max", "range")]
+            + [f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "zcr") for s in ("mean", "std")]
+            + [f"mfcc{i:02d}_{s}" for s in ("mean", "std") for i in range(n_mfcc)]
+            + [f"chroma{i:02d}_{s}" for s in ("mean", "std") for i in range(12)]  # chroma00 is C, chroma09 is A
+            + ["tempo_bpm", "pulse_clarity", "onset_mean", "onset_std"])
+
+
 class HandcraftedFeatures:
     """Waveforms [clips, samples] at sample_rate -> feature rows [clips, len(names)], float32."""
 
@@ -29,12 +38,7 @@ class HandcraftedFeatures:
         self.mel_basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=128).astype(np.float32)
         # Tuning fixed at A440: estimating it per clip costs a pitch track and is noisy on short clips.
         self.chroma_basis = librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, tuning=0.0).astype(np.float32)
-        self.names = (
-            [f"loudness_{s}" for s in ("mean", "std", "min", "max", "range")]
-            + [f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "zcr") for s in ("mean", "std")]
-            + [f"mfcc{i:02d}_{s}" for s in ("mean", "std") for i in range(n_mfcc)]
-            + [f"chroma{i:02d}_{s}" for s in ("mean", "std") for i in range(12)]  # chroma00 is C, chroma09 is A
-            + ["tempo_bpm", "pulse_clarity", "onset_mean", "onset_std"])
+        self.names = feature_names(n_mfcc)
 
     def __call__(self, waves: torch.Tensor) -> torch.Tensor:
         if len(waves) == 0:
