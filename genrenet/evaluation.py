@@ -5,7 +5,6 @@ Accuracy comes with a 95% Wilson confidence interval: on a few hundred tracks it
 """
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 

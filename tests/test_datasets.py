@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from torchaudio.datasets import gtzan
 
-from conftest import SR, write_tone
+from conftest import SR
 from genrenet.config import DataConfig, apply_overrides, from_dict
 from genrenet.datasets import SPLITS, find_tracks, labels_of, split_tracks
 from genrenet.errors import UserError
