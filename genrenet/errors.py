@@ -1,6 +1,7 @@
 """User-facing errors: a user's mistake ends in one line on stderr, never a traceback."""
 
 import functools
+import os
 import sys
 
 
@@ -13,7 +14,8 @@ class AudioError(UserError):
 
 
 def cli_entry(main):
-    """Wrap a `main(argv)` so UserError prints one line and exits 2, Ctrl-C exits 130."""
+    """Wrap a `main(argv)` so UserError prints one line and exits 2, Ctrl-C exits 130, and output
+    piped into a reader that stops early (`| head`) ends quietly."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -25,5 +27,9 @@ def cli_entry(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            # The reader is gone; point stdout at devnull so Python's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
     return wrapper

@@ -131,6 +131,15 @@ def test_predict_bad_file_does_not_stop_the_good_one(trained, fresh_files):
     assert sum(1 for line in out if " - " in line) == 4  # one timeline row per clip
 
 
+def test_predict_piped_into_a_reader_that_stops_early(trained, fresh_files):
+    work = trained[0]
+    command = (f"{sys.executable} predict.py --checkpoint {work / 'run' / 'best.pt'} {work / 'new'} --segments "
+               f"| head -n 1; exit ${{PIPESTATUS[0]}}")
+    result = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == ""  # no BrokenPipeError traceback
+    assert result.stdout.strip().endswith(".wav")
+
+
 def test_unknown_config_key_is_one_line_error(trained):
     work, _, raw, _ = trained
     bad = dict(raw, train=dict(raw["train"], epoch=2), run={"dir": str(work / "never")})
