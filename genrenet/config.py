@@ -111,7 +111,9 @@ class ModelConfig:
 @dataclass(config=STRICT)
 class AugmentConfig:
     """Training-time augmentation; each piece is off at 0 / null, and all are off at evaluation."""
-    crop_seconds: Optional[float] = Field(None, gt=0.0)  # train on random crops of this length
+    # Train on crops of this length at random offsets; evaluation then averages over windows of
+    # this length every half crop across each clip.
+    crop_seconds: Optional[float] = Field(None, gt=0.0)
     gain_db: float = Field(0.0, ge=0.0)  # random gain in +/- gain_db
     freq_masks: int = Field(0, ge=0)  # SpecAugment frequency masks per example
     freq_mask_width: int = Field(8, gt=0)  # at most this many mel bands each
@@ -246,6 +248,17 @@ def model_title(config: Config) -> str:
 def feature_kind(config: Config) -> str:
     """Which features a model reads: log-mel spectrograms or handcrafted clip statistics."""
     return "mel" if config.model.type == "cnn" else "handcrafted"
+
+
+def crop_frames(config: Config) -> Optional[int]:
+    """Spectrogram frames of one augment.crop_seconds crop, or None when CNN training uses whole clips.
+
+    A CNN trained on crops is also scored on crops (windows of this length across each clip), so
+    that training and evaluation see inputs of the same length."""
+    seconds = config.augment.crop_seconds
+    if seconds is None or config.model.type != "cnn":
+        return None
+    return round(seconds * config.audio.sample_rate / config.features.hop_length) + 1
 
 
 def _describe(error: dict) -> str:

@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
 from genrenet.checkpoint import load_model
-from genrenet.config import Config, apply_overrides, from_dict, model_title, to_dict
+from genrenet.config import Config, apply_overrides, crop_frames, from_dict, model_title, to_dict
 from genrenet.datasets import find_tracks, load_split, split_tracks
 from genrenet.errors import UserError, cli_entry
 from genrenet.scores import clip_log_probs, track_log_probs
@@ -59,7 +59,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     if not data.tracks:
         raise UserError(f"none of the {len(tracks)} {split} tracks could be read")
 
-    clip_scores = clip_log_probs(model, data.features, device)
+    clip_scores = clip_log_probs(model, data.features, device, window=crop_frames(config))
     clip_true = [t for scores, t in zip(clip_scores, data.targets) for _ in range(len(scores))]
     clip_pred = torch.cat(clip_scores).argmax(dim=1).tolist()
     track_pred = track_log_probs(clip_scores).argmax(dim=1).tolist()

@@ -14,6 +14,7 @@ import torch
 from genrenet.audio import AUDIO_EXTENSIONS
 from genrenet.cache import compute_features, feature_extractor
 from genrenet.checkpoint import load_model
+from genrenet.config import crop_frames
 from genrenet.errors import UserError, cli_entry
 from genrenet.scores import clip_log_probs, track_log_probs
 from genrenet.training import resolve_device
@@ -21,7 +22,7 @@ from genrenet.training import resolve_device
 
 def predict_file(path: Path, model, config, labels: list[str], device, extractor, top_k: int = 3) -> dict:
     features = compute_features(path, config, extractor)
-    clip_scores = clip_log_probs(model, [features], device)[0]
+    clip_scores = clip_log_probs(model, [features], device, window=crop_frames(config))[0]
     track_probs = track_log_probs([clip_scores])[0].exp()
     top = torch.topk(track_probs, min(top_k, len(labels)))
     clip_probs, clip_labels = clip_scores.exp().max(dim=1)

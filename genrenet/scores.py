@@ -1,22 +1,43 @@
 """Scores stage: clip-level log-probabilities from a model, aggregated to one decision per track.
 
 Track decisions average the clips' log-probabilities (a product of clip probabilities, in the
-log domain), then renormalize, so a track's probabilities sum to one.
+log domain), then renormalize, so a track's probabilities sum to one. A model trained on crops
+shorter than a clip scores each clip the same way over windows of the crop's length.
 """
+
+from typing import Optional
 
 import torch
 
 
+def window_starts(frames: int, window: int) -> list[int]:
+    """Start frames of windows of `window` frames every half window, the last one ending at the clip's end."""
+    if frames <= window:
+        return [0]
+    hop = max(1, window // 2)
+    starts = list(range(0, frames - window + 1, hop))
+    return starts if starts[-1] == frames - window else starts + [frames - window]
+
+
 @torch.no_grad()
 def clip_log_probs(model: torch.nn.Module, features: list[torch.Tensor], device: torch.device,
-                   batch_size: int = 64) -> list[torch.Tensor]:
-    """Per track, log-probabilities of every clip: a list of [clips, classes] tensors on the CPU."""
+                   batch_size: int = 64, window: Optional[int] = None) -> list[torch.Tensor]:
+    """Per track, log-probabilities of every clip: a list of [clips, classes] tensors on the CPU.
+
+    window: score each clip as the renormalized mean log-probability of its windows of this many
+    frames (see window_starts); None scores whole clips."""
     model.eval()
     flat = torch.cat(features) if features else torch.empty(0)
     outputs = []
     for start in range(0, len(flat), batch_size):
-        batch = flat[start:start + batch_size].float().unsqueeze(1).to(device)
-        outputs.append(torch.log_softmax(model(batch)["logits"].float(), dim=1).cpu())
+        batch = flat[start:start + batch_size].float().unsqueeze(1)
+        if window is None or batch.shape[-1] <= window:
+            outputs.append(torch.log_softmax(model(batch.to(device))["logits"].float(), dim=1).cpu())
+            continue
+        starts = window_starts(batch.shape[-1], window)
+        windows = torch.cat([batch[..., s:s + window] for s in starts])  # [windows * clips, 1, mels, window]
+        log_probs = torch.log_softmax(model(windows.to(device))["logits"].float(), dim=1).cpu()
+        outputs.append(torch.log_softmax(log_probs.view(len(starts), len(batch), -1).mean(dim=0), dim=1))
     log_probs = torch.cat(outputs) if outputs else torch.empty(0)
     return list(torch.split(log_probs, [len(f) for f in features]))
 

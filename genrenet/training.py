@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from genrenet.augment import SpectrogramAugment, mixup
 from genrenet.checkpoint import load_checkpoint, save_checkpoint
-from genrenet.config import Config, from_dict, load_config, to_dict
+from genrenet.config import Config, crop_frames, from_dict, load_config, to_dict
 from genrenet.datasets import ClipDataset, SplitData, find_tracks, labels_of, load_split, split_tracks
 from genrenet.errors import UserError, cli_entry
 from genrenet.models import build_model, check_model_name, count_parameters
@@ -58,9 +58,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def evaluate_split(model, data: SplitData, device) -> dict:
+def evaluate_split(model, data: SplitData, device, window: int | None = None) -> dict:
     """Loss and accuracy at clip and track level, for validation during training."""
-    clip_scores = clip_log_probs(model, data.features, device)
+    clip_scores = clip_log_probs(model, data.features, device, window=window)
     clip_targets = torch.cat([torch.full((len(s),), t) for s, t in zip(clip_scores, data.targets)])
     all_clips = torch.cat(clip_scores)
     track_decision = track_log_probs(clip_scores).argmax(dim=1)
@@ -91,29 +91,38 @@ def build_scheduler(optimizer, config: Config, steps_per_epoch: int):
 
 def build_augment(config: Config) -> SpectrogramAugment:
     aug = config.augment
-    crop = (round(aug.crop_seconds * config.audio.sample_rate / config.features.hop_length) + 1
-            if aug.crop_seconds else None)
     frames_per_second = config.audio.sample_rate / config.features.hop_length
-    return SpectrogramAugment(crop_frames=crop, gain_db=aug.gain_db, freq_masks=aug.freq_masks,
+    return SpectrogramAugment(crop_frames=crop_frames(config), gain_db=aug.gain_db, freq_masks=aug.freq_masks,
                               freq_mask_width=aug.freq_mask_width, time_masks=aug.time_masks,
                               time_mask_width=aug.time_mask_width,
                               shift_frames=round(aug.time_shift_seconds * frames_per_second))
 
 
 def prepare_data(config: Config):
-    """(labels, train data, valid data, test tracks), with every check done before long work."""
+    """(labels, train data, valid data or None, test tracks), with every check done before long work."""
     splits = split_tracks(find_tracks(config.data), config.data)
-    if not splits["valid"]:
+    # data.valid_fraction: 0 trains on every non-test track, with no validation: best.pt is then the final epoch.
+    validating = bool(splits["valid"]) or config.data.valid_fraction > 0
+    if not splits["valid"] and validating:
         raise UserError("the valid split has no tracks: raise data.valid_fraction or add valid rows to the manifest")
+    if not validating and config.train.early_stopping:
+        raise UserError("train.early_stopping needs a validation split, but data.valid_fraction is 0")
     labels = labels_of(splits["train"] + splits["valid"] + splits["test"])
     untrained = sorted(set(labels) - {t.label for t in splits["train"]})
     if untrained:
         raise UserError(f"class(es) with no training track: {', '.join(untrained)}")
     train_data = load_split(splits["train"], labels, config, "train")
-    valid_data = load_split(splits["valid"], labels, config, "valid")
-    if not train_data.tracks or not valid_data.tracks:
+    valid_data = load_split(splits["valid"], labels, config, "valid") if validating else None
+    if not train_data.tracks or (valid_data is not None and not valid_data.tracks):
         raise UserError(f"no {'training' if not train_data.tracks else 'validation'} track could be read")
     return labels, train_data, valid_data, splits["test"]
+
+
+def print_data_summary(labels, train_data: SplitData, valid_data: SplitData | None, test_tracks) -> None:
+    valid = (f"valid {len(valid_data.tracks)} tracks ({valid_data.clip_count} clips)" if valid_data is not None
+             else "no validation split (best.pt will be the final epoch)")
+    print(f"data: {len(labels)} classes; train {len(train_data.tracks)} tracks ({train_data.clip_count} clips), "
+          f"{valid}, test {len(test_tracks)} tracks")
 
 
 def train(config: Config, overwrite: bool = False) -> Path:
@@ -144,8 +153,7 @@ def resume(run_dir: str | Path) -> Path:
 def _fit(config: Config, run_dir: Path, resume_state: dict | None) -> Path:
     device = resolve_device(config.train.device)
     labels, train_data, valid_data, test_tracks = prepare_data(config)
-    print(f"data: {len(labels)} classes; train {len(train_data.tracks)} tracks ({train_data.clip_count} clips), "
-          f"valid {len(valid_data.tracks)} tracks ({valid_data.clip_count} clips), test {len(test_tracks)} tracks")
+    print_data_summary(labels, train_data, valid_data, test_tracks)
 
     # Seed after the data is ready: filling the cache draws from the global RNG, reading it does not.
     torch.manual_seed(config.train.seed)
@@ -235,13 +243,17 @@ def _fit(config: Config, run_dir: Path, resume_state: dict | None) -> Path:
 
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                    "lr": scheduler.get_last_lr()[0]}
-            row.update({f"valid_{k}": v for k, v in evaluate_split(model, valid_data, device).items()})
+            if valid_data is not None:
+                row.update({f"valid_{k}": v for k, v in evaluate_split(model, valid_data, device, crop_frames(config)).items()})
             row["seconds"] = round(time.time() - started, 2)
             with open(metrics_log, "a") as log:
                 log.write(json.dumps(row) + "\n")
 
-            score = [row["valid_track_acc"], row["valid_loss"]]
-            improved = score[0] > progress["best"][0] or (score[0] == progress["best"][0] and score[1] < progress["best"][1])
+            if valid_data is not None:
+                score = [row["valid_track_acc"], row["valid_loss"]]
+                improved = score[0] > progress["best"][0] or (score[0] == progress["best"][0] and score[1] < progress["best"][1])
+            else:  # nothing to choose by: the latest epoch is the model
+                score, improved = [-1.0, math.inf], True
             if improved:
                 progress.update(best=score, best_epoch=epoch)
                 checkpoint(run_dir / "best.pt", epoch, row, with_training_state=False)
@@ -250,16 +262,18 @@ def _fit(config: Config, run_dir: Path, resume_state: dict | None) -> Path:
             progress.update(epoch=epoch + 1, batches_done=0, running=[0, 0.0, 0],
                             finished=epoch == config.train.epochs or stopping)
             checkpoint(run_dir / "last.pt", epoch, row, with_training_state=True)
+            valid = (f"| valid loss {row['valid_loss']:.3f} clip acc {row['valid_clip_acc']:.3f} "
+                     f"track acc {row['valid_track_acc']:.3f} " if valid_data is not None else "")
             print(f"epoch {epoch:3d} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
-                  f"| valid loss {row['valid_loss']:.3f} clip acc {row['valid_clip_acc']:.3f} "
-                  f"track acc {row['valid_track_acc']:.3f} | {row['seconds']:.1f}s{' *' if improved else ''}", flush=True)
+                  f"{valid}| {row['seconds']:.1f}s{' *' if improved and valid_data is not None else ''}", flush=True)
             if stopping:
                 print(f"early stopping: no better validation score for {patience} epochs")
                 break
             if stop.requested:
                 raise Interrupted(run_dir)
-    print(f"saved {run_dir / 'best.pt'} (epoch {progress['best_epoch']}, best validation track accuracy "
-          f"{progress['best'][0]:.3f}) and {run_dir / 'last.pt'}")
+    chosen = (f"best validation track accuracy {progress['best'][0]:.3f}" if valid_data is not None
+              else "the final epoch: no validation split")
+    print(f"saved {run_dir / 'best.pt'} (epoch {progress['best_epoch']}, {chosen}) and {run_dir / 'last.pt'}")
     return run_dir
 
 
@@ -268,8 +282,7 @@ def _fit_classic(config: Config, run_dir: Path) -> Path:
     from genrenet.classic import ClassicModel, build_classifier, to_bytes  # scikit-learn and librosa: only here
 
     labels, train_data, valid_data, test_tracks = prepare_data(config)
-    print(f"data: {len(labels)} classes; train {len(train_data.tracks)} tracks ({train_data.clip_count} clips), "
-          f"valid {len(valid_data.tracks)} tracks ({valid_data.clip_count} clips), test {len(test_tracks)} tracks")
+    print_data_summary(labels, train_data, valid_data, test_tracks)
     m = config.model
     pipeline = build_classifier(m.type, svm_c=m.svm_c, svm_kernel=m.svm_kernel, svm_gamma=m.svm_gamma,
                                 rf_trees=m.rf_trees, rf_max_depth=m.rf_max_depth, standardize=m.standardize,
@@ -285,8 +298,9 @@ def _fit_classic(config: Config, run_dir: Path) -> Path:
     model = ClassicModel(pipeline, len(labels))
     train_scores = evaluate_split(model, train_data, "cpu")
     row = {"epoch": 1, "train_loss": train_scores["loss"], "train_acc": train_scores["clip_acc"],
-           **{f"valid_{k}": v for k, v in evaluate_split(model, valid_data, "cpu").items()},
            "seconds": round(time.time() - started, 2)}
+    if valid_data is not None:
+        row.update({f"valid_{k}": v for k, v in evaluate_split(model, valid_data, "cpu").items()})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
@@ -294,8 +308,9 @@ def _fit_classic(config: Config, run_dir: Path) -> Path:
              "config": to_dict(config), "labels": labels, "epoch": 1, "metrics": row}
     save_checkpoint(run_dir / "best.pt", **state)
     save_checkpoint(run_dir / "last.pt", **state, training_state={"finished": True})
-    print(f"fitted in {row['seconds']:.1f}s | train clip acc {row['train_acc']:.3f} | valid clip acc "
-          f"{row['valid_clip_acc']:.3f} track acc {row['valid_track_acc']:.3f}")
+    valid = (f" | valid clip acc {row['valid_clip_acc']:.3f} track acc {row['valid_track_acc']:.3f}"
+             if valid_data is not None else "")
+    print(f"fitted in {row['seconds']:.1f}s | train clip acc {row['train_acc']:.3f}{valid}")
     print(f"saved {run_dir / 'best.pt'} and {run_dir / 'last.pt'}")
     return run_dir
 

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from conftest import CLASSES, REPO_ROOT, class_signal, tiny_config, tiny_config_dict, write_audio, write_config
+from genrenet.checkpoint import load_checkpoint
+from genrenet.config import crop_frames
+from genrenet.scores import clip_log_probs, window_starts
 from genrenet.training import build_scheduler
 
 
@@ -92,3 +95,76 @@ def test_cross_validation_needs_folds(tmp_path, class_folder):
     result = run_cv(config_path)
     assert result.returncode == 2
     assert "fold column" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- crops at training, windows of the crop's length at evaluation ---------------------------------
+
+def test_window_starts_cover_the_clip_every_half_window():
+    assert window_starts(216, 109) == [0, 54, 107]  # the last window ends at the clip's end
+    assert window_starts(200, 100) == [0, 50, 100]
+    assert window_starts(80, 100) == [0] and window_starts(100, 100) == [0]
+
+
+class LengthRecorder(torch.nn.Module):
+    """Logits that depend on the input's content, and a record of every input length it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.lengths = []
+        self.weights = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        self.lengths.append(x.shape[-1])
+        return {"logits": x.mean(dim=(1, 3)) @ self.weights}
+
+
+def test_windowed_clip_scores_average_the_windows_log_probabilities():
+    model = LengthRecorder()
+    clips = [torch.randn(3, 2, 40), torch.randn(1, 2, 40)]  # two tracks, [clips, mels, frames]
+    scores = clip_log_probs(model, clips, torch.device("cpu"), window=16)
+    assert set(model.lengths) == {16}  # the model never saw a whole clip
+    clip = clips[0][1]
+    expected = torch.stack([torch.log_softmax(model(clip[None, None, :, s:s + 16])["logits"][0], dim=0)
+                            for s in (0, 8, 16, 24)]).mean(dim=0)
+    assert torch.allclose(scores[0][1], torch.log_softmax(expected, dim=0), atol=1e-5)
+    assert [len(s) for s in scores] == [3, 1]
+    assert torch.allclose(scores[1].exp().sum(dim=1), torch.ones(1))
+
+    model.lengths.clear()
+    whole = clip_log_probs(model, clips, torch.device("cpu"))
+    assert set(model.lengths) == {40} and not torch.allclose(whole[0], scores[0])
+
+
+def test_crop_config_scores_on_windows_of_the_crop(tmp_path):
+    config = tiny_config(tmp_path, tmp_path, augment={"crop_seconds": 0.25})
+    assert crop_frames(config) == round(0.25 * 8000 / 128) + 1
+    assert crop_frames(tiny_config(tmp_path, tmp_path)) is None
+    assert crop_frames(tiny_config(tmp_path, tmp_path, augment={"crop_seconds": 0.25}, model={"type": "svm"})) is None
+
+
+# --- training on every non-test track, without a validation split ----------------------------------
+
+def test_no_validation_split_keeps_the_final_epoch(class_folder, tmp_path):
+    raw = tiny_config_dict(tmp_path, class_folder, data={"valid_fraction": 0.0}, train={"epochs": 3})
+    result = subprocess.run([sys.executable, "train.py", "--config", str(write_config(tmp_path / "c.yaml", raw))],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "no validation split" in result.stdout
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and not any("valid_loss" in row for row in rows)
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best["epoch"] == last["epoch"] == 3
+    assert all(torch.equal(best["model_state"][k], last["model_state"][k]) for k in best["model_state"])
+    train_tracks = sum(1 for t in (class_folder).rglob("*.wav")) - round(0.15 * 24)
+    assert f"train {train_tracks} tracks" in result.stdout  # every non-test track trains
+
+
+def test_early_stopping_without_validation_is_a_config_error(class_folder, tmp_path):
+    raw = tiny_config_dict(tmp_path, class_folder, data={"valid_fraction": 0.0}, train={"early_stopping": 3})
+    result = subprocess.run([sys.executable, "train.py", "--config", str(write_config(tmp_path / "c.yaml", raw))],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["error: train.early_stopping needs a validation split, "
+                                                  "but data.valid_fraction is 0"]
+    assert not (tmp_path / "run").exists()
