@@ -4,8 +4,9 @@
 
 Fold K trains into <run.dir>/fold-K with fold K held out as the test split; the summary (mean
 and sample standard deviation of track accuracy over folds) is printed and written to
-<run.dir>/cv.json. A fold that already finished with the same config is kept, and a fold that
-was interrupted is resumed, so a crashed cross-validation continues where it stopped.
+<run.dir>/cv.json. A fold that already finished with the same config is kept (with the time
+recorded when it was trained), and a fold that was interrupted is resumed, so a crashed
+cross-validation continues where it stopped.
 """
 
 import json
@@ -30,16 +31,20 @@ def fold_numbers(config: Config) -> list[int]:
 
 def cross_validate(config: Config, overwrite: bool = False) -> dict:
     run_dir = Path(config.run.dir)
+    earlier = _earlier_seconds(run_dir / "cv.json")
     rows = []
     for fold in fold_numbers(config):
         fold_config = from_dict(apply_overrides(to_dict(config), [f"data.fold={fold}", f"run.dir={run_dir / f'fold-{fold}'}"]))
         print(f"== fold {fold}: test on fold {fold}, train on the others ({fold_config.run.dir})")
         started = time.time()
-        _train_fold(fold_config, overwrite)
+        kept = _train_fold(fold_config, overwrite)
         report = evaluate(Path(fold_config.run.dir) / "best.pt", "test")
+        seconds = round(time.time() - started, 1)
+        if kept and fold in earlier:  # a kept fold's time is the one measured when it was trained
+            seconds = earlier[fold]
         rows.append({"fold": fold, "track_accuracy": report["track"]["accuracy"],
                      "clip_accuracy": report["clip"]["accuracy"], "track_macro_f1": report["track"]["macro_f1"],
-                     "test_tracks": report["track"]["n"], "seconds": round(time.time() - started, 1)})
+                     "test_tracks": report["track"]["n"], "seconds": seconds})
         print(f"fold {fold}: track accuracy {rows[-1]['track_accuracy']:.3f} on {rows[-1]['test_tracks']} tracks")
 
     accuracies = [row["track_accuracy"] for row in rows]
@@ -65,16 +70,25 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _train_fold(config: Config, overwrite: bool) -> None:
-    """Train the fold, or keep / resume what an earlier invocation left there."""
+def _train_fold(config: Config, overwrite: bool) -> bool:
+    """Train the fold, or keep / resume what an earlier invocation left there; True when kept as it was."""
     last = Path(config.run.dir) / "last.pt"
     if overwrite or not last.exists():
         train(config, overwrite=True)
-        return
+        return False
     state = load_checkpoint(last)
     if state["config"] != to_dict(config):
         raise UserError(f"{config.run.dir} holds a run with another config; pass --overwrite to retrain it")
     if state.get("training_state", {}).get("finished", True):
         print(f"fold already trained; keeping {config.run.dir}")
-    else:
-        resume(config.run.dir)
+        return True
+    resume(config.run.dir)
+    return False
+
+
+def _earlier_seconds(summary_path: Path) -> dict[int, float]:
+    """Per fold, the seconds an earlier cross-validation into the same folder recorded."""
+    try:
+        return {row["fold"]: row["seconds"] for row in json.loads(summary_path.read_text())["folds"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

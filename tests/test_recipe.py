@@ -85,6 +85,8 @@ def test_cross_validation_trains_every_fold_and_summarizes(fold_data, tmp_path):
     again = run_cv(config_path)  # finished folds with the same config are kept, not retrained
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("fold already trained") == 3
+    kept = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert [r["seconds"] for r in kept["folds"]] == [r["seconds"] for r in summary["folds"]]  # training time kept
 
     changed = run_cv(config_path, "--set", "train.epochs=3")
     assert changed.returncode == 2 and "another config" in changed.stderr and "Traceback" not in changed.stderr
