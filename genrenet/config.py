@@ -100,6 +100,9 @@ class ModelConfig:
     # CNN input normalization: global (one batch norm over all dB values) or frequency (a batch
     # norm per mel band, so every band is standardized on its own).
     input_norm: Literal["global", "frequency"] = "global"
+    # CNN pooling before the head: global (over frequency and time) or time (over time only,
+    # keeping where in the spectrum each feature fired).
+    pooling: Literal["global", "time"] = "global"
     standardize: bool = True  # classic models: scale each feature to zero mean, unit variance
     svm_c: float = Field(10.0, gt=0.0)
     svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"

@@ -28,22 +28,32 @@ def input_norm(kind: str, n_mels: int) -> nn.Module:
 
 
 class GlobalPoolCNN(nn.Module):
-    """The frame every CNN here shares: input normalization, conv blocks, mean and max pooling over
-    frequency and time, dropout and a linear head. Global pooling makes the network independent
-    of the clip length and (except with norm="frequency") of the mel count."""
+    """The frame every CNN here shares: input normalization, conv blocks, mean and max pooling,
+    dropout and a linear head.
+
+    pooling="global" pools over frequency and time, so the network is independent of the clip
+    length and (except with norm="frequency") of the mel count. pooling="time" pools over time
+    only and keeps the pooled frequency rows apart, so the head knows where in the spectrum a
+    feature fired: convolutions alone barely do, and the spectral envelope is what tells steady
+    textures (rain, sea waves, an engine) apart."""
 
     def __init__(self, blocks: nn.Sequential, channels: int, n_classes: int, n_mels: int, dropout: float,
-                 norm: str):
+                 norm: str, pooling: str = "global"):
         super().__init__()
         self.input_norm = input_norm(norm, n_mels)
         self.blocks = blocks
+        self.pooling = pooling
+        with torch.no_grad():  # frequency rows left after the blocks' pooling
+            rows = blocks.eval()(torch.zeros(1, 1, n_mels, 16)).shape[2] if pooling == "time" else 1
+        blocks.train()
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * channels, n_classes)
+        self.head = nn.Linear(2 * channels * rows, n_classes)
 
     def forward(self, x: torch.Tensor) -> dict:
         x = self.blocks(self.input_norm(x))
-        # Mean and max over frequency and time: the mean hears texture, the max hears events.
-        embedding = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        # Mean and max over time (and frequency): the mean hears texture, the max hears events.
+        dims = (3,) if self.pooling == "time" else (2, 3)
+        embedding = torch.cat([x.mean(dim=dims).flatten(1), x.amax(dim=dims).flatten(1)], dim=1)
         return {"logits": self.head(self.dropout(embedding)), "embedding": embedding}
 
 
@@ -55,13 +65,14 @@ class SmallCNN(GlobalPoolCNN):
     Batch norm on the input standardizes the dB values, so features need no extra scaling.
     """
 
-    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global"):
+    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global",
+                 pooling: str = "global"):
         channels = [1, width, width * 2, width * 4, width * 8]
         blocks = nn.Sequential(*[
             nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                           nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True))
             for c_in, c_out in zip(channels, channels[1:])])
-        super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm)
+        super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm, pooling)
 
 
 class ResidualBlock(nn.Module):
@@ -93,10 +104,11 @@ class ResidualCNN(GlobalPoolCNN):
     by count_flops with forward hooks (batch norm, ReLU and pooling left out).
     """
 
-    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global"):
+    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global",
+                 pooling: str = "global"):
         channels = [1, width, width * 2, width * 4, width * 4]
         blocks = nn.Sequential(*[ResidualBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])])
-        super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm)
+        super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm, pooling)
 
 
 MODELS = {"small_cnn": SmallCNN, "resnet_cnn": ResidualCNN}
@@ -110,7 +122,7 @@ def check_model_name(config: ModelConfig) -> None:
 def build_model(config: ModelConfig, n_classes: int, n_mels: int) -> nn.Module:
     check_model_name(config)
     return MODELS[config.name](n_classes=n_classes, n_mels=n_mels, width=config.width, dropout=config.dropout,
-                               norm=config.input_norm)
+                               norm=config.input_norm, pooling=config.pooling)
 
 
 def count_parameters(model: nn.Module) -> int:

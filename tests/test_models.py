@@ -137,3 +137,37 @@ def test_global_input_norm_is_the_default_and_keeps_checkpoint_keys():
     model = build_model(ModelConfig(name="resnet_cnn", width=4), 3, 16)
     assert isinstance(model.input_norm, torch.nn.BatchNorm2d) and model.input_norm.num_features == 1
     assert "input_norm.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet_cnn"])
+def test_time_pooling_keeps_frequency_rows_apart(name):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, width=4, pooling="time"), n_classes=3, n_mels=40).eval()
+    x = torch.randn(2, 1, 40, 50)
+    with torch.no_grad():
+        out = model(x)
+        maps = model.blocks(model.input_norm(x))  # [batch, channels, rows, frames]
+    rows = maps.shape[2]
+    assert rows == 3  # 40 mels pooled by 2 four times, rounding up
+    assert model.head.in_features == 2 * maps.shape[1] * rows == out["embedding"].shape[1]
+    torch.testing.assert_close(out["embedding"], torch.cat([maps.mean(dim=3).flatten(1), maps.amax(dim=3).flatten(1)], 1))
+    with torch.no_grad():  # still independent of the clip length
+        assert model(torch.randn(2, 1, 40, 17))["logits"].shape == (2, 3)
+    # a global-pooling model of the same width has a head of 2 x channels
+    assert build_model(ModelConfig(name=name, width=4), 3, 40).head.in_features == 2 * maps.shape[1]
+
+
+def test_time_pooling_tells_a_band_low_from_the_same_band_high():
+    """The spectral envelope reaches the head: a band of energy low or high in the spectrum gives
+    embeddings that differ far more with time pooling than with global pooling."""
+    torch.manual_seed(0)
+    low, high = torch.full((1, 1, 64, 40), -60.0), torch.full((1, 1, 64, 40), -60.0)
+    low[:, :, 8:24], high[:, :, 40:56] = 0.0, 0.0
+    gaps = {}
+    for pooling in ("global", "time"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="resnet_cnn", width=4, pooling=pooling), 3, 64).eval()
+        with torch.no_grad():
+            a, b = model(low)["embedding"], model(high)["embedding"]
+        gaps[pooling] = ((a - b).norm() / (a.norm() + b.norm())).item()
+    assert gaps["time"] > 2 * gaps["global"]
