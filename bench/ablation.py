@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from table import print_table  # noqa: E402
 from genrenet.config import load_config  # noqa: E402
 from genrenet.crossval import cross_validate  # noqa: E402
 
@@ -66,10 +67,7 @@ def main(argv=None) -> int:
               "-" if full is None or r["variant"] == "full" else f"{100 * (r['accuracy'] - full):+.1f}",
               " ".join(f"{100 * a:.1f}" for a in r["folds"]), f"{r['seconds'] / 60:.1f} min", r["change"]]
              for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
-    print()
-    for line in [header, ["-" * w for w in widths]] + table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    print_table(header, table)
     runs_dir.mkdir(parents=True, exist_ok=True)
     out = runs_dir / "ablation.json"
     out.write_text(json.dumps({"config": args.config, "variants": rows}, indent=2))

@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from table import print_table  # noqa: E402
 from genrenet.config import apply_overrides, from_dict, load_config, to_dict  # noqa: E402
 from genrenet.crossval import cross_validate, fold_numbers  # noqa: E402
 from genrenet.evaluation import evaluate  # noqa: E402
@@ -124,10 +125,7 @@ def main(argv=None) -> int:
     table = [[r["dataset"], r["protocol"], r["model"], fmt_acc(r), f"{r['seconds'] / 60:.1f} min",
               r.get("target", "-"), ("yes" if r["met"] else "no") if "met" in r else "-",
               ("yes" if r["cnn_above_svm"] else "no") if "cnn_above_svm" in r else "-"] for r in results]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
-    print()
-    for line in [header, ["-" * w for w in widths]] + table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    print_table(header, table)
     runs_dir.mkdir(parents=True, exist_ok=True)
     out = runs_dir / "cnn_vs_svm.json"
     out.write_text(json.dumps({"quick": args.quick, "results": results}, indent=2))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from conftest import CLASSES, REPO_ROOT, class_signal, tiny_config, tiny_config_dict, write_audio, write_config
 from genrenet.checkpoint import load_checkpoint
@@ -170,3 +171,23 @@ def test_early_stopping_without_validation_is_a_config_error(class_folder, tmp_p
     assert result.stderr.strip().splitlines() == ["error: train.early_stopping needs a validation split, "
                                                   "but data.valid_fraction is 0"]
     assert not (tmp_path / "run").exists()
+
+
+def test_ablation_bench_switches_one_piece_off_per_variant(fold_data, tmp_path):
+    raw = tiny_config_dict(tmp_path, fold_data / "index.csv", train={"epochs": 2, "label_smoothing": 0.1},
+                           data={"valid_fraction": 0.0}, augment={"mixup_alpha": 0.2, "crop_seconds": 0.25})
+    config_path = write_config(tmp_path / "recipe.yaml", raw)
+    result = subprocess.run([sys.executable, "bench/ablation.py", "--config", str(config_path), "--runs-dir",
+                             str(tmp_path / "ablation"), "--only", "full", "no_mixup", "no_crop"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    assert [v["variant"] for v in report["variants"]] == ["full", "no_mixup", "no_crop"]
+    assert all(len(v["folds"]) == 3 for v in report["variants"])
+    configs = {v["variant"]: yaml.safe_load((tmp_path / "ablation" / v["variant"] / "fold-1" / "config.yaml").read_text())
+               for v in report["variants"]}
+    assert configs["full"]["augment"]["mixup_alpha"] == 0.2 and configs["no_mixup"]["augment"]["mixup_alpha"] == 0.0
+    assert configs["no_crop"]["augment"]["crop_seconds"] is None and configs["no_crop"]["augment"]["mixup_alpha"] == 0.2
+    full = report["variants"][0]["accuracy"]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("no_mixup"))
+    assert f"{100 * (report['variants'][1]['accuracy'] - full):+.1f}" in line
