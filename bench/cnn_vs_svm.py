@@ -1,6 +1,6 @@
 """CNN recipe vs the classic SVM, on ESC-10 (5-fold cross-validation) and FSDD (official split).
 
-    python bench/cnn_vs_svm.py                      # everything (about 45 min on 2 CPU cores)
+    python bench/cnn_vs_svm.py                      # everything (about 35 min on 2 CPU cores)
     python bench/cnn_vs_svm.py --datasets fsdd      # one dataset
     python bench/cnn_vs_svm.py --quick              # smoke test: 2 folds, 2 epochs
 
