@@ -12,14 +12,13 @@ processes) and the table printed at the end. Prints the table and writes <runs-d
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from table import print_table  # noqa: E402
+from table import report  # noqa: E402
 from genrenet.config import load_config  # noqa: E402
 from genrenet.crossval import cross_validate  # noqa: E402
 
@@ -67,11 +66,7 @@ def main(argv=None) -> int:
               "-" if full is None or r["variant"] == "full" else f"{100 * (r['accuracy'] - full):+.1f}",
               " ".join(f"{100 * a:.1f}" for a in r["folds"]), f"{r['seconds'] / 60:.1f} min", r["change"]]
              for r in rows]
-    print_table(header, table)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    out = runs_dir / "ablation.json"
-    out.write_text(json.dumps({"config": args.config, "variants": rows}, indent=2))
-    print(f"\nwritten to {out}")
+    report(header, table, runs_dir / "ablation.json", {"config": args.config, "variants": rows})
     return 0
 
 

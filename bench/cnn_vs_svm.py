@@ -14,7 +14,6 @@ Every run is retrained (runs go to --runs-dir, default runs/bench, never to the 
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from table import print_table  # noqa: E402
+from table import report  # noqa: E402
 from genrenet.config import apply_overrides, from_dict, load_config, to_dict  # noqa: E402
 from genrenet.crossval import cross_validate, fold_numbers  # noqa: E402
 from genrenet.evaluation import evaluate  # noqa: E402
@@ -125,11 +124,7 @@ def main(argv=None) -> int:
     table = [[r["dataset"], r["protocol"], r["model"], fmt_acc(r), f"{r['seconds'] / 60:.1f} min",
               r.get("target", "-"), ("yes" if r["met"] else "no") if "met" in r else "-",
               ("yes" if r["cnn_above_svm"] else "no") if "cnn_above_svm" in r else "-"] for r in results]
-    print_table(header, table)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    out = runs_dir / "cnn_vs_svm.json"
-    out.write_text(json.dumps({"quick": args.quick, "results": results}, indent=2))
-    print(f"\nwritten to {out}")
+    report(header, table, runs_dir / "cnn_vs_svm.json", {"quick": args.quick, "results": results})
     return 0
 
 
