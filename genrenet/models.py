@@ -48,9 +48,11 @@ class GlobalPoolCNN(nn.Module):
         blocks.train()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * channels * rows, n_classes)
+        # Channels-last convolutions run about 1.3x faster on CPU (oneDNN) and suit tensor cores on GPU.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> dict:
-        x = self.blocks(self.input_norm(x))
+        x = self.blocks(self.input_norm(x).contiguous(memory_format=torch.channels_last))
         # Mean and max over time (and frequency): the mean hears texture, the max hears events.
         dims = (3,) if self.pooling == "time" else (2, 3)
         embedding = torch.cat([x.mean(dim=dims).flatten(1), x.amax(dim=dims).flatten(1)], dim=1)
