@@ -171,3 +171,20 @@ def test_time_pooling_tells_a_band_low_from_the_same_band_high():
             a, b = model(low)["embedding"], model(high)["embedding"]
         gaps[pooling] = ((a - b).norm() / (a.norm() + b.norm())).item()
     assert gaps["time"] > 2 * gaps["global"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_channels_last_layout_gives_the_same_logits(name):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, width=4), 3, 16).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x = torch.randn(2, 1, 16, 24)
+    with torch.no_grad():
+        fast = model(x)["logits"]
+        # The same weights run row-major, layer by layer, outside forward (which forces channels-last).
+        model.to(memory_format=torch.contiguous_format)
+        hidden = model.blocks(model.input_norm(x).contiguous())
+        assert hidden.is_contiguous()
+        plain = model.head(torch.cat([hidden.mean(dim=(2, 3)), hidden.amax(dim=(2, 3))], dim=1))
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
