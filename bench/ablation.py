@@ -1,6 +1,6 @@
 """What each piece of the CNN recipe buys: 5-fold ESC-10 with one piece switched off at a time.
 
-    python bench/ablation.py                          # every variant (about 25 min each on 2 cores)
+    python bench/ablation.py                          # every variant (about 23 min each on 2 cores)
     python bench/ablation.py --only full no_mixup     # some of them
     python bench/ablation.py --config my_esc10.yaml   # another base recipe (data with a fold column)
 

@@ -1,6 +1,6 @@
 """CNN recipe vs the classic SVM, on ESC-10 (5-fold cross-validation) and FSDD (official split).
 
-    python bench/cnn_vs_svm.py                      # everything (about 35 min on 2 CPU cores)
+    python bench/cnn_vs_svm.py                      # everything (about 27 min on 2 CPU cores)
     python bench/cnn_vs_svm.py --datasets fsdd      # one dataset
     python bench/cnn_vs_svm.py --quick              # smoke test: 2 folds, 2 epochs
 
@@ -28,7 +28,7 @@ from genrenet.crossval import cross_validate, fold_numbers  # noqa: E402
 from genrenet.evaluation import evaluate  # noqa: E402
 from genrenet.training import train  # noqa: E402
 
-# The issue's targets for the CNN: ESC-10 5-fold mean >= 92% in <= 30 min on 2 cores; FSDD >= 99.5%.
+# The targets for the CNN: ESC-10 5-fold mean >= 92% in <= 30 min on 2 cores; FSDD >= 99.5%.
 BENCHES = {
     "esc10": {"protocol": "5-fold CV", "cnn": "configs/esc10.yaml", "svm": "configs/esc10_svm.yaml",
               "target_acc": 0.92, "target_seconds": 30 * 60},
