@@ -64,10 +64,15 @@ def main(argv=None) -> int:
     header = ["variant", "5-fold accuracy", "vs full", "folds", "wall time", "change"]
     table = [[r["variant"], f"{100 * r['accuracy']:.1f} ± {100 * r['std']:.1f}%",
               "-" if full is None or r["variant"] == "full" else f"{100 * (r['accuracy'] - full):+.1f}",
-              " ".join(f"{100 * a:.1f}" for a in r["folds"]), f"{r['seconds'] / 60:.1f} min", r["change"]]
+              " ".join(f"{100 * a:.1f}" for a in r["folds"]), _minutes(r["seconds"]), r["change"]]
              for r in rows]
     report(header, table, runs_dir / "ablation.json", {"config": args.config, "variants": rows})
     return 0
+
+
+def _minutes(seconds: float | None) -> str:
+    # None when some fold was resumed or kept from a run that did not record its time
+    return "not timed" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 Fold K trains into <run.dir>/fold-K with fold K held out as the test split; the summary (mean
 and sample standard deviation of track accuracy over folds) is printed and written to
 <run.dir>/cv.json. A fold that already finished with the same config is kept (with the time
-recorded when it was trained), and a fold that was interrupted is resumed, so a crashed
-cross-validation continues where it stopped.
+recorded in its folder when it was trained), and a fold that was interrupted is resumed, so a
+crashed cross-validation continues where it stopped. A fold whose training was not timed in one
+piece (resumed, or kept without a recorded time) has no time, and then neither has the total.
 """
 
 import json
@@ -21,6 +22,9 @@ from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
 from genrenet.training import resume, train
 
+# Written into a fold's folder when the fold was trained in one piece: how long it took.
+FOLD_TIME = "fold_time.json"
+
 
 def fold_numbers(config: Config) -> list[int]:
     folds = sorted({t.fold for t in find_tracks(config.data) if t.fold is not None})
@@ -31,17 +35,22 @@ def fold_numbers(config: Config) -> list[int]:
 
 def cross_validate(config: Config, overwrite: bool = False) -> dict:
     run_dir = Path(config.run.dir)
-    earlier = _earlier_seconds(run_dir / "cv.json")
     rows = []
     for fold in fold_numbers(config):
         fold_config = from_dict(apply_overrides(to_dict(config), [f"data.fold={fold}", f"run.dir={run_dir / f'fold-{fold}'}"]))
         print(f"== fold {fold}: test on fold {fold}, train on the others ({fold_config.run.dir})")
+        fold_dir = Path(fold_config.run.dir)
         started = time.time()
-        kept = _train_fold(fold_config, overwrite)
-        report = evaluate(Path(fold_config.run.dir) / "best.pt", "test")
-        seconds = round(time.time() - started, 1)
-        if kept and fold in earlier:  # a kept fold's time is the one measured when it was trained
-            seconds = earlier[fold]
+        outcome = _train_fold(fold_config, overwrite)
+        report = evaluate(fold_dir / "best.pt", "test")
+        if outcome == "trained":
+            seconds = round(time.time() - started, 1)
+            (fold_dir / FOLD_TIME).write_text(json.dumps({"seconds": seconds}))
+        elif outcome == "kept":  # the time measured when it was trained, if that was recorded
+            seconds = _recorded_seconds(fold_dir)
+        else:  # resumed: the part before the interruption was not timed
+            seconds = None
+            (fold_dir / FOLD_TIME).unlink(missing_ok=True)
         rows.append({"fold": fold, "track_accuracy": report["track"]["accuracy"],
                      "clip_accuracy": report["clip"]["accuracy"], "track_macro_f1": report["track"]["macro_f1"],
                      "test_tracks": report["track"]["n"], "seconds": seconds})
@@ -52,7 +61,7 @@ def cross_validate(config: Config, overwrite: bool = False) -> dict:
                "mean_track_accuracy": statistics.mean(accuracies),
                "std_track_accuracy": statistics.stdev(accuracies),  # sample standard deviation over folds
                "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),
-               "seconds": round(sum(row["seconds"] for row in rows), 1)}
+               "seconds": _total_seconds(rows)}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "cv.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
@@ -64,31 +73,43 @@ def format_summary(summary: dict) -> str:
     lines = ["", f"cross-validation of {summary['model']} on {summary['data']}",
              "fold  track acc  clip acc  macro F1  tracks  seconds"]
     lines += [f"{r['fold']:>4}  {r['track_accuracy']:9.3f}  {r['clip_accuracy']:8.3f}  {r['track_macro_f1']:8.3f}  "
-              f"{r['test_tracks']:6d}  {r['seconds']:7.1f}" for r in summary["folds"]]
+              f"{r['test_tracks']:6d}  {_seconds_text(r['seconds']):>7}" for r in summary["folds"]]
+    total = (f"{summary['seconds']:.0f} s in all" if summary["seconds"] is not None
+             else "no total time: some folds were resumed or kept without a recorded time")
     lines.append(f"mean track accuracy {summary['mean_track_accuracy']:.3f} +/- {summary['std_track_accuracy']:.3f} "
-                 f"(sample std over {len(summary['folds'])} folds); {summary['seconds']:.0f} s in all")
+                 f"(sample std over {len(summary['folds'])} folds); {total}")
     return "\n".join(lines)
 
 
-def _train_fold(config: Config, overwrite: bool) -> bool:
-    """Train the fold, or keep / resume what an earlier invocation left there; True when kept as it was."""
+def _train_fold(config: Config, overwrite: bool) -> str:
+    """Train the fold, or keep / resume what an earlier invocation left there: "trained", "kept" or "resumed"."""
     last = Path(config.run.dir) / "last.pt"
     if overwrite or not last.exists():
+        (Path(config.run.dir) / FOLD_TIME).unlink(missing_ok=True)
         train(config, overwrite=True)
-        return False
+        return "trained"
     state = load_checkpoint(last)
     if state["config"] != to_dict(config):
         raise UserError(f"{config.run.dir} holds a run with another config; pass --overwrite to retrain it")
     if state.get("training_state", {}).get("finished", True):
         print(f"fold already trained; keeping {config.run.dir}")
-        return True
+        return "kept"
     resume(config.run.dir)
-    return False
+    return "resumed"
 
 
-def _earlier_seconds(summary_path: Path) -> dict[int, float]:
-    """Per fold, the seconds an earlier cross-validation into the same folder recorded."""
+def _recorded_seconds(fold_dir: Path) -> float | None:
+    """The training and test time recorded in a fold's folder when it was trained, if any."""
     try:
-        return {row["fold"]: row["seconds"] for row in json.loads(summary_path.read_text())["folds"]}
+        return float(json.loads((fold_dir / FOLD_TIME).read_text())["seconds"])
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
+        return None
+
+
+def _total_seconds(rows: list[dict]) -> float | None:
+    times = [row["seconds"] for row in rows]
+    return None if None in times else round(sum(times), 1)
+
+
+def _seconds_text(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"

@@ -87,7 +87,15 @@ def test_cross_validation_trains_every_fold_and_summarizes(fold_data, tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("fold already trained") == 3
     kept = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert all(r["seconds"] > 0 for r in summary["folds"])
     assert [r["seconds"] for r in kept["folds"]] == [r["seconds"] for r in summary["folds"]]  # training time kept
+
+    (tmp_path / "run" / "fold-2" / "fold_time.json").unlink()  # kept without a recorded time: no time, no total
+    untimed = run_cv(config_path)
+    assert untimed.returncode == 0, untimed.stderr
+    summary_untimed = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert [r["seconds"] is None for r in summary_untimed["folds"]] == [False, True, False]
+    assert summary_untimed["seconds"] is None and "no total time" in untimed.stdout
 
     changed = run_cv(config_path, "--set", "train.epochs=3")
     assert changed.returncode == 2 and "another config" in changed.stderr and "Traceback" not in changed.stderr
