@@ -50,7 +50,6 @@ def cross_validate(config: Config, overwrite: bool = False) -> dict:
             seconds = _recorded_seconds(fold_dir)
         else:  # resumed: the part before the interruption was not timed
             seconds = None
-            (fold_dir / FOLD_TIME).unlink(missing_ok=True)
         rows.append({"fold": fold, "track_accuracy": report["track"]["accuracy"],
                      "clip_accuracy": report["clip"]["accuracy"], "track_macro_f1": report["track"]["macro_f1"],
                      "test_tracks": report["track"]["n"], "seconds": seconds})
@@ -83,17 +82,19 @@ def format_summary(summary: dict) -> str:
 
 def _train_fold(config: Config, overwrite: bool) -> str:
     """Train the fold, or keep / resume what an earlier invocation left there: "trained", "kept" or "resumed"."""
-    last = Path(config.run.dir) / "last.pt"
-    if overwrite or not last.exists():
-        (Path(config.run.dir) / FOLD_TIME).unlink(missing_ok=True)
+    run_dir = Path(config.run.dir)
+    last = run_dir / "last.pt"
+    state = None if overwrite or not last.exists() else load_checkpoint(last)
+    if state is not None:
+        if state["config"] != to_dict(config):
+            raise UserError(f"{config.run.dir} holds a run with another config; pass --overwrite to retrain it")
+        if state.get("training_state", {}).get("finished", True):
+            print(f"fold already trained; keeping {config.run.dir}")
+            return "kept"
+    (run_dir / FOLD_TIME).unlink(missing_ok=True)  # the fold trains now: an older recorded time no longer holds
+    if state is None:
         train(config, overwrite=True)
         return "trained"
-    state = load_checkpoint(last)
-    if state["config"] != to_dict(config):
-        raise UserError(f"{config.run.dir} holds a run with another config; pass --overwrite to retrain it")
-    if state.get("training_state", {}).get("finished", True):
-        print(f"fold already trained; keeping {config.run.dir}")
-        return "kept"
     resume(config.run.dir)
     return "resumed"
 
