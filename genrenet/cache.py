@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from genrenet.audio import load_clips
-from genrenet.checkpoint import atomic_save
+from genrenet.fileio import atomic_save
 from genrenet.config import Config, feature_kind, preprocessing_key, to_dict
 from genrenet.errors import UserError
 from genrenet.features import MelFeatures

@@ -4,36 +4,17 @@ A checkpoint holds the model weights, the whole resolved config (model, preproce
 the label list and the metrics it was chosen by, so evaluation and prediction need nothing else.
 """
 
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from genrenet.errors import UserError
+from genrenet.fileio import atomic_save
 
 FORMAT = "genrenet-checkpoint"
 VERSION = 1
-
-
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
 
 
 def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict,

@@ -13,6 +13,14 @@ class AudioError(UserError):
     """A file that cannot be decoded as audio."""
 
 
+def error_line(error: BaseException, last: bool = False, limit: int = 200) -> str:
+    """One line of an exception's text for a one-line message: the first (or, for tools that print
+    a banner before the reason, the last) non-empty line, or the exception's type when it says nothing."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = (lines[-1] if last else lines[0]) if lines else type(error).__name__
+    return text[:limit]
+
+
 def cli_entry(main):
     """Wrap a `main(argv)` so UserError prints one line and exits 2, Ctrl-C exits 130, and output
     piped into a reader that stops early (`| head`) ends quietly."""

@@ -8,7 +8,7 @@ import torch
 
 from conftest import SR, tiny_config, write_garbage, write_tone
 from genrenet.cache import FeatureCache, cached_features, compute_features
-from genrenet.checkpoint import atomic_save
+from genrenet.fileio import atomic_save
 from genrenet.config import preprocessing_key
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, tiny_config
-from genrenet.checkpoint import FORMAT, atomic_save, load_checkpoint, load_model, save_checkpoint
+from genrenet.fileio import atomic_save
+from genrenet.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from genrenet.config import from_dict, to_dict
 from genrenet.errors import UserError
 from genrenet.models import build_model
