@@ -2,7 +2,7 @@
 
 import sys
 
-from genrenet.evaluation import main
+from genrenet.cli import evaluate_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from genrenet.prediction import main
+from genrenet.cli import predict_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,3 @@
+"""genrenet: music-genre recognition and audio classification on mel spectrograms."""
+
+from genrenet import catalog  # noqa: F401  registers the built-in models and feature kinds

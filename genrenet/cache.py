@@ -15,22 +15,23 @@ from tqdm import tqdm
 
 from genrenet.audio import load_clips
 from genrenet.fileio import atomic_save
-from genrenet.config import Config, feature_kind, preprocessing_key, to_dict
+from genrenet.config import Config, preprocessing_key, to_dict
 from genrenet.errors import UserError
-from genrenet.features import MelFeatures
+from genrenet.registry import features_of
 
 
 class FeatureCache:
     def __init__(self, config: Config):
         self.config = config
         self.dir = Path(config.data.cache_dir) / preprocessing_key(config)
-        self.width = feature_width(config)
+        self.kind = features_of(config)
+        self.width = self.kind.width(config)
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = self.dir / "settings.json"
         if not settings.exists():  # for people browsing the cache folder
             full = to_dict(config)
             settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"],
-                                            "kind": feature_kind(config)}, indent=2))
+                                            "kind": self.kind.name}, indent=2))
 
     def entry(self, audio_path: Path) -> Path:
         stat = Path(audio_path).stat()
@@ -43,7 +44,7 @@ class FeatureCache:
         try:
             stored = torch.load(self.entry(audio_path), map_location="cpu", weights_only=True)
             features = stored["features"]
-            dims = 3 if feature_kind(self.config) == "mel" else 2
+            dims = 3 if self.kind.framed else 2
             if isinstance(features, torch.Tensor) and features.dim() == dims and features.shape[1] == self.width:
                 return features
         except Exception:
@@ -55,34 +56,8 @@ class FeatureCache:
 
 
 def feature_extractor(config: Config):
-    """Waveforms [clips, samples] -> features per clip, for the config's kind of model:
-    log-mel spectrograms [clips, n_mels, frames] (float16, to halve memory) for CNNs,
-    handcrafted statistics [clips, features] for the classic models."""
-    if feature_kind(config) == "mel":
-        return _HalfPrecision(MelFeatures(config.features, config.audio))
-    from genrenet.handcrafted import HandcraftedFeatures  # librosa loads slowly; only classic models need it
-
-    return HandcraftedFeatures(config.audio.sample_rate, n_fft=config.features.n_fft,
-                               hop_length=config.features.hop_length, n_mfcc=config.features.n_mfcc)
-
-
-class _HalfPrecision:
-    """Wraps an extractor to return float16 (a class, not a lambda, so worker processes can pickle it)."""
-
-    def __init__(self, extractor):
-        self.extractor = extractor
-
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
-        return self.extractor(waves).to(torch.float16)
-
-
-def feature_width(config: Config) -> int:
-    """Size of a clip's features along dimension 1, to recognize a damaged or foreign cache entry."""
-    if feature_kind(config) == "mel":
-        return config.features.n_mels
-    from genrenet.handcrafted import feature_names
-
-    return len(feature_names(config.features.n_mfcc))
+    """Waveforms [clips, samples] -> features per clip, for the kind of features the config's model reads."""
+    return features_of(config).extractor(config)
 
 
 def compute_features(path: Path, config: Config, extractor=None) -> torch.Tensor:

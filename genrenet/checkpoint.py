@@ -4,6 +4,7 @@ A checkpoint holds the model weights, the whole resolved config (model, preproce
 the label list and the metrics it was chosen by, so evaluation and prediction need nothing else.
 """
 
+import dataclasses
 import re
 import warnings
 from pathlib import Path
@@ -12,9 +13,13 @@ import torch
 
 from genrenet.errors import UserError
 from genrenet.fileio import atomic_save
+from genrenet.registry import MODELS
 
 FORMAT = "genrenet-checkpoint"
-VERSION = 1
+# 2: the model section holds only its own model's keys, and model.name alone picks the model.
+# 1: the model section held every model's keys, and model.type picked CNN or a classic model.
+VERSION = 2
+REQUIRED = {"model_state": dict, "config": dict, "labels": list, "epoch": int}
 
 
 def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict,
@@ -45,26 +50,26 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"{path}: not a genrenet checkpoint (not a file PyTorch can read)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a genrenet checkpoint")
+    if state.get("version") == 1:
+        state = upgrade_from_version_1(state)
     if state.get("version") != VERSION:
-        raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
+        raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported (this genrenet reads "
+                        f"1 and {VERSION}); use the genrenet version that wrote it")
+    for key, kind in REQUIRED.items():
+        if not isinstance(state.get(key), kind):
+            raise UserError(f"{path}: damaged checkpoint: '{key}' is missing or not a {kind.__name__}")
     return state
 
 
-def load_model(path, device: torch.device | str = "cpu"):
-    """(model in eval mode, its Config, its labels, the raw checkpoint) from a checkpoint file."""
-    from genrenet.config import from_dict  # late imports keep this module free of the model code
-    from genrenet.models import build_model
-
-    state = load_checkpoint(path)
-    config = from_dict(state["config"], source=f"{path} (stored config)")
-    if config.model.type != "cnn":
-        from genrenet.classic import ClassicModel, from_bytes
-
-        pipeline = from_bytes(state["model_state"]["sklearn"].numpy().tobytes())
-        return ClassicModel(pipeline, len(state["labels"])), config, list(state["labels"]), state
-    model = build_model(config.model, len(state["labels"]), config.features.n_mels)
-    try:
-        model.load_state_dict(state["model_state"])
-    except RuntimeError as error:
-        raise UserError(f"{path}: weights do not fit model '{config.model.name}' ({str(error).splitlines()[0]})") from None
-    return model.to(device).eval(), config, list(state["labels"]), state
+def upgrade_from_version_1(state: dict) -> dict:
+    """A version-1 checkpoint as version 2: model.type becomes the model's name for the classic
+    models, and the model section keeps only the keys of the model it names."""
+    config = state.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        return {**state, "version": VERSION}  # damaged: the required-key checks say what is missing
+    name = model.get("type") if model.get("type") in ("svm", "random_forest") else model.get("name")
+    entry = MODELS.get(name)
+    keys = {f.name for f in dataclasses.fields(entry.settings)} if entry else set(model)
+    upgraded = {key: value for key, value in model.items() if key in keys and key != "type"}
+    return {**state, "version": VERSION, "config": {**config, "model": {**upgraded, "name": name}}}

@@ -2,9 +2,11 @@
 
 Models are stored with skops.io, scikit-learn's secure format, never pickle: loading first lists
 the types in the file and refuses any this module does not create, so a crafted file cannot run
-code. The bytes fit in a genrenet checkpoint as a uint8 tensor, which torch.load(weights_only=True)
-reads back as plain data.
+code. The bytes fit in a genrenet checkpoint as a uint8 tensor (ClassicModel's state_dict), which
+torch.load(weights_only=True) reads back as plain data.
 """
+
+from typing import Literal, Optional, Union
 
 import numpy as np
 import skops.io
@@ -15,9 +17,25 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from genrenet.errors import UserError
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from genrenet.config import STRICT
+from genrenet.errors import UserError, error_line
 
 KINDS = ("svm", "random_forest")
+
+
+@dataclass(config=STRICT)
+class ClassicSettings:
+    """The model section of the classic models (svm, random_forest); each uses its own keys."""
+    name: Literal["svm", "random_forest"] = "svm"
+    standardize: bool = True  # scale each feature to zero mean, unit variance
+    svm_c: float = Field(10.0, gt=0.0)
+    svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
+    svm_gamma: Union[Literal["scale", "auto"], float] = "scale"
+    rf_trees: int = Field(300, gt=0, le=100_000)
+    rf_max_depth: Optional[int] = Field(None, gt=0)
 MIN_PROBABILITY = 1e-7  # floor before the log: a class the model rules out must not become -inf
 CALIBRATION_FOLDS = 5
 
@@ -58,7 +76,7 @@ def from_bytes(data: bytes) -> Pipeline:
     try:
         found = skops.io.get_untrusted_types(data=bytes(data))
     except Exception as error:
-        raise UserError(f"not a readable classic model ({_reason(error)})") from None
+        raise UserError(f"not a readable classic model ({error_line(error)})") from None
     unexpected = [name for name in found if name not in ALLOWED_TYPES]
     if unexpected:
         raise UserError(f"refusing to load classic model: it contains type '{unexpected[0]}', "
@@ -66,7 +84,7 @@ def from_bytes(data: bytes) -> Pipeline:
     try:
         model = skops.io.loads(bytes(data), trusted=found)
     except Exception as error:
-        raise UserError(f"not a readable classic model ({_reason(error)})") from None
+        raise UserError(f"not a readable classic model ({error_line(error)})") from None
     _check_structure(model)
     return model
 
@@ -91,12 +109,36 @@ def clip_log_probs(model: Pipeline, features: list[torch.Tensor], num_classes: i
 
 
 class ClassicModel(torch.nn.Module):
-    """A fitted pipeline behind the CNNs' interface, so validation, evaluation and prediction share
-    one path: a batch of clip features [batch, 1, features] in, {"logits": log-probabilities} out."""
+    """A scikit-learn pipeline behind the CNNs' interface, so validation, evaluation and prediction
+    share one path: a batch of clip features [batch, 1, features] in, {"logits": log-probabilities}
+    out. Its state_dict is the fitted pipeline in skops format, as one uint8 tensor."""
 
-    def __init__(self, pipeline: Pipeline, num_classes: int):
+    def __init__(self, settings: ClassicSettings, num_classes: int):
         super().__init__()
-        self.pipeline, self.num_classes = pipeline, num_classes
+        self.settings, self.num_classes = settings, num_classes
+        self.pipeline: Optional[Pipeline] = None
+        self.register_buffer("sklearn", torch.zeros(0, dtype=torch.uint8))
+
+    @classmethod
+    def from_settings(cls, settings: ClassicSettings, num_classes: int, _width: int) -> "ClassicModel":
+        return cls(settings, num_classes)
+
+    def fit(self, features: torch.Tensor, targets: torch.Tensor, seed: int) -> None:
+        """Fit on every training clip at once: features [clips, 1, features], targets [clips]."""
+        s = self.settings
+        pipeline = build_classifier(s.name, svm_c=s.svm_c, svm_kernel=s.svm_kernel, svm_gamma=s.svm_gamma,
+                                    rf_trees=s.rf_trees, rf_max_depth=s.rf_max_depth, standardize=s.standardize,
+                                    seed=seed)
+        try:
+            pipeline.fit(features.reshape(len(features), -1).double().numpy(), targets.numpy())
+        except ValueError as error:  # e.g. too few clips of a class for the SVM's probability calibration
+            raise UserError(f"cannot fit {s.name}: {error_line(error)}") from None
+        self.pipeline = pipeline
+        self.sklearn = torch.frombuffer(bytearray(to_bytes(pipeline)), dtype=torch.uint8)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.pipeline = from_bytes(state_dict["sklearn"].numpy().tobytes())
+        self.sklearn = state_dict["sklearn"].clone()
 
     def forward(self, x: torch.Tensor) -> dict:
         rows = x.reshape(len(x), -1).cpu()
@@ -127,8 +169,3 @@ def _check_estimator(where: str, estimator, cls) -> None:
     for key, value in estimator.get_params(deep=False).items():
         if key != "estimator" and not isinstance(value, PLAIN):  # a callable kernel, say
             raise UserError(f"refusing to load classic model: setting '{where}.{key}' holds a {type(value).__name__}")
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]

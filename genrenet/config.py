@@ -9,13 +9,15 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional, Union
+import os
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from genrenet.errors import UserError
+from genrenet.errors import UserError, error_line
+from genrenet.registry import features_of, model_entry, MODELS
 
 # Unknown keys are errors; so are inf and nan, which pass a range check but break the pipeline.
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -90,28 +92,6 @@ class FeatureConfig:
 
 
 @dataclass(config=STRICT)
-class ModelConfig:
-    # cnn: a network from the registry (name) on log-mel spectrograms; svm / random_forest:
-    # the classic recipe on handcrafted clip features.
-    type: Literal["cnn", "svm", "random_forest"] = "cnn"
-    name: str = "small_cnn"
-    width: int = Field(32, gt=0)  # channels of the first block; later blocks double it
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    # CNN input normalization: global (one batch norm over all dB values) or frequency (a batch
-    # norm per mel band, so every band is standardized on its own).
-    input_norm: Literal["global", "frequency"] = "global"
-    # CNN pooling before the head: global (over frequency and time) or time (over time only,
-    # keeping where in the spectrum each feature fired).
-    pooling: Literal["global", "time"] = "global"
-    standardize: bool = True  # classic models: scale each feature to zero mean, unit variance
-    svm_c: float = Field(10.0, gt=0.0)
-    svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
-    svm_gamma: Union[Literal["scale", "auto"], float] = "scale"
-    rf_trees: int = Field(300, gt=0)
-    rf_max_depth: Optional[int] = Field(None, gt=0)
-
-
-@dataclass(config=STRICT)
 class AugmentConfig:
     """Training-time augmentation; each piece is off at 0 / null, and all are off at evaluation."""
     # Train on crops of this length at random offsets; evaluation then averages over windows of
@@ -153,10 +133,17 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     audio: AudioConfig = dataclasses.field(default_factory=AudioConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    # The settings class of the model named by model.name (see genrenet.registry), so each
+    # model's section holds its own keys only: CNN keys for a CNN, SVM keys for the SVM.
+    model: Any = dataclasses.field(default_factory=lambda: model_settings({}))
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_for_its_kind(cls, value):
+        return value if dataclasses.is_dataclass(value) else model_settings(value)
 
     @model_validator(mode="after")
     def _features_fit_audio(self):
@@ -179,6 +166,32 @@ class Config:
         return self
 
 
+DEFAULT_MODEL = "small_cnn"
+# Format-1 configs named the classic models by model.type (cnn / svm / random_forest).
+LEGACY_TYPES = ("cnn", "svm", "random_forest")
+
+
+def model_settings(raw) -> Any:
+    """The model section validated by the settings class of the model it names."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"model: expected a mapping of settings, got {type(raw).__name__}")
+    raw = dict(raw)
+    legacy = raw.pop("type", None)
+    if legacy is not None and legacy not in LEGACY_TYPES:
+        raise ValueError(f"model.type '{legacy}' is not cnn, svm or random_forest (model.name alone picks a model)")
+    if legacy in ("svm", "random_forest"):
+        raw["name"] = legacy
+    name = raw.get("name", DEFAULT_MODEL)
+    if name not in MODELS:
+        raise ValueError(f"model.name '{name}' is not a known model (choose from {', '.join(sorted(MODELS))})")
+    settings = model_entry(name).settings
+    try:
+        return TypeAdapter(settings).validate_python(raw)
+    except ValidationError as error:
+        raise ValueError("; ".join(_describe(e, ["model"], settings, name) for e in error.errors())) from None
+
+
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
@@ -193,6 +206,14 @@ def from_dict(raw: dict, source: str = "config") -> Config:
         raise UserError(f"{source}: " + "; ".join(_describe(e) for e in error.errors())) from None
 
 
+def with_changes(config: Config, **sections: dict) -> Config:
+    """A validated copy of config with some keys changed, e.g. with_changes(c, data={"fold": 2})."""
+    raw = to_dict(config)
+    for section, values in sections.items():
+        raw[section].update(values)
+    return from_dict(raw, source="derived config")
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
@@ -200,7 +221,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({error_line(error)})") from None
     if isinstance(raw, dict):  # a section whose keys are all commented out reads as None
         raw = {section: {} if values is None else values for section, values in raw.items()}
     return from_dict(apply_overrides(raw, overrides), source=str(path))
@@ -219,7 +240,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raw[section] = {}
         if not isinstance(raw[section], dict):
             raise UserError(f"config section '{section}' is not a mapping")
-        if _is_text_setting(section, name):  # run.dir=2024 is a folder name, not a number
+        if _is_text_setting(_section_class(section, raw), name):  # run.dir=2024 is a folder name, not a number
             raw[section][name] = value
             continue
         try:
@@ -229,9 +250,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _is_text_setting(section: str, name: str) -> bool:
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
-    cls = sections.get(section)
+def _section_class(section: str, raw: dict) -> Optional[type]:
+    if section == "model":
+        name = raw.get("model", {}).get("name", DEFAULT_MODEL)
+        return MODELS[name].settings if name in MODELS else None
+    return {f.name: f.type for f in dataclasses.fields(Config)}.get(section)
+
+
+def _is_text_setting(cls: Optional[type], name: str) -> bool:
     fields = {f.name: f.type for f in dataclasses.fields(cls)} if cls else {}
     return fields.get(name) is str
 
@@ -239,37 +265,27 @@ def _is_text_setting(section: str, name: str) -> bool:
 def preprocessing_key(config: Config) -> str:
     """A short hash of every setting that changes the cached features."""
     settings = {"audio": dataclasses.asdict(config.audio), "features": dataclasses.asdict(config.features),
-                "kind": feature_kind(config)}
+                "kind": features_of(config).name}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_title(config: Config) -> str:
-    """The model's name as reports show it: the registry name of a CNN, or svm / random_forest."""
-    return config.model.name if config.model.type == "cnn" else config.model.type
-
-
-def feature_kind(config: Config) -> str:
-    """Which features a model reads: log-mel spectrograms or handcrafted clip statistics."""
-    return "mel" if config.model.type == "cnn" else "handcrafted"
-
-
 def crop_frames(config: Config) -> Optional[int]:
-    """Spectrogram frames of one augment.crop_seconds crop, or None when CNN training uses whole clips.
+    """Spectrogram frames of one augment.crop_seconds crop, or None when training uses whole clips.
 
-    A CNN trained on crops is also scored on crops (windows of this length across each clip), so
-    that training and evaluation see inputs of the same length."""
+    A model trained on crops is also scored on crops (windows of this length across each clip), so
+    that training and evaluation see inputs of the same length. Features without a time axis
+    (the classic models' clip statistics) are never cropped."""
     seconds = config.augment.crop_seconds
-    if seconds is None or config.model.type != "cnn":
+    if seconds is None or not features_of(config).framed:
         return None
     return round(seconds * config.audio.sample_rate / config.features.hop_length) + 1
 
 
-def _describe(error: dict) -> str:
-    location = [str(part) for part in error["loc"]]
+def _describe(error: dict, prefix: list[str] = (), section: Optional[type] = None, model: str = "") -> str:
+    location = list(prefix) + [str(part) for part in error["loc"]]
     key = ".".join(location)
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        hint = _closest_key(location)
-        return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+        return f"unknown key '{key}'" + _unknown_key_hint(location, section, model)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("value_error", "assertion_error") or not key:
         return message
@@ -278,14 +294,22 @@ def _describe(error: dict) -> str:
     return f"{key}: {message.lower()[:1]}{message[1:]}{shown}"
 
 
-def _closest_key(location: list[str]) -> Optional[str]:
-    """Closest valid spelling of an unknown dotted key, searched in its own section."""
-    cls = Config
-    for part in location[:-1]:
+def _unknown_key_hint(location: list[str], section: Optional[type], model: str) -> str:
+    """The closest valid spelling of an unknown dotted key, searched in its own section; for a
+    model's section, also which models do take that key."""
+    cls = section or Config
+    for part in location[1 if section else 0:-1]:
         field = {f.name: f for f in dataclasses.fields(cls)}.get(part)
         if field is None or not dataclasses.is_dataclass(field.type):
-            return None
+            return ""
         cls = field.type
     names = [f.name for f in dataclasses.fields(cls)]
     match = difflib.get_close_matches(location[-1], names, n=1, cutoff=0.5)
-    return ".".join(location[:-1] + match) if match else None
+    if match:
+        return f" (did you mean '{'.'.join(location[:-1] + match)}'?)"
+    if section is None:
+        return ""
+    owners = sorted(n for n, e in MODELS.items() if location[-1] in {f.name for f in dataclasses.fields(e.settings)})
+    if owners:
+        return f": it is a setting of {', '.join(owners)}, not of {model} (whose keys are {', '.join(names)})"
+    return f" ({model} takes {', '.join(names)})"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from genrenet.checkpoint import load_checkpoint
-from genrenet.config import Config, apply_overrides, from_dict, model_title, to_dict
+from genrenet.config import Config, to_dict, with_changes
 from genrenet.datasets import find_tracks
 from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
@@ -33,11 +33,12 @@ def fold_numbers(config: Config) -> list[int]:
     return folds
 
 
-def cross_validate(config: Config, overwrite: bool = False) -> dict:
+def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | None = None) -> dict:
+    """Train and test every fold (or the given ones) into <run.dir>/fold-K; the summary goes to cv.json."""
     run_dir = Path(config.run.dir)
     rows = []
-    for fold in fold_numbers(config):
-        fold_config = from_dict(apply_overrides(to_dict(config), [f"data.fold={fold}", f"run.dir={run_dir / f'fold-{fold}'}"]))
+    for fold in folds or fold_numbers(config):
+        fold_config = with_changes(config, data={"fold": fold}, run={"dir": str(run_dir / f"fold-{fold}")})
         print(f"== fold {fold}: test on fold {fold}, train on the others ({fold_config.run.dir})")
         fold_dir = Path(fold_config.run.dir)
         started = time.time()
@@ -56,7 +57,7 @@ def cross_validate(config: Config, overwrite: bool = False) -> dict:
         print(f"fold {fold}: track accuracy {rows[-1]['track_accuracy']:.3f} on {rows[-1]['test_tracks']} tracks")
 
     accuracies = [row["track_accuracy"] for row in rows]
-    summary = {"model": model_title(config), "data": config.data.path, "folds": rows,
+    summary = {"model": config.model.name, "data": config.data.path, "folds": rows,
                "mean_track_accuracy": statistics.mean(accuracies),
                "std_track_accuracy": statistics.stdev(accuracies),  # sample standard deviation over folds
                "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),

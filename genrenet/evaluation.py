@@ -4,7 +4,6 @@ Accuracy comes with a 95% Wilson confidence interval: on a few hundred tracks it
 +/-5 points, which is the honest resolution of such a test set.
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import torch
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
-from genrenet.checkpoint import load_model
-from genrenet.config import Config, apply_overrides, crop_frames, from_dict, model_title, to_dict
+from genrenet.config import Config, apply_overrides, crop_frames, from_dict, to_dict
 from genrenet.datasets import find_tracks, load_split, split_tracks
-from genrenet.errors import UserError, cli_entry
-from genrenet.scores import clip_log_probs, track_log_probs
-from genrenet.training import resolve_device
+from genrenet.device import resolve_device
+from genrenet.errors import UserError
+from genrenet.scores import clip_log_probs, per_clip, track_log_probs
+from genrenet.trained import load_model
 
 
 def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
@@ -43,8 +42,9 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
 def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] = ()) -> dict:
     """Score a checkpoint on one split of its data; returns the report (also written as JSON)."""
     checkpoint = Path(checkpoint)
-    model, stored, labels, state = load_model(checkpoint)
-    config = _with_overrides(stored, overrides)
+    trained = load_model(checkpoint)
+    model, labels, state = trained.model, trained.labels, trained.checkpoint
+    config = _with_overrides(trained.config, overrides)
     device = resolve_device(config.train.device)
     model.to(device)
 
@@ -60,10 +60,10 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
         raise UserError(f"none of the {len(tracks)} {split} tracks could be read")
 
     clip_scores = clip_log_probs(model, data.features, device, window=crop_frames(config))
-    clip_true = [t for scores, t in zip(clip_scores, data.targets) for _ in range(len(scores))]
+    clip_true = per_clip(data.targets, clip_scores)
     clip_pred = torch.cat(clip_scores).argmax(dim=1).tolist()
     track_pred = track_log_probs(clip_scores).argmax(dim=1).tolist()
-    report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": model_title(config),
+    report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": config.model.name,
               "data": config.data.path, "track_aggregation": "mean of clip log-probabilities",
               "clip": classification_metrics(clip_true, clip_pred, labels),
               "track": classification_metrics(data.targets, track_pred, labels),
@@ -144,36 +144,3 @@ def _with_overrides(stored: Config, overrides: list[str]) -> Config:
             raise UserError(f"--set {key}: only data.* and train.device can change at evaluation "
                             "(the model was trained with the stored preprocessing)")
     return from_dict(apply_overrides(to_dict(stored), overrides), source="checkpoint config with --set")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint: scikit-learn report on one data split.")
-    parser.add_argument("--checkpoint", required=True, action="append",
-                        help="a best.pt or last.pt from a run directory; repeat to compare models side by side")
-    parser.add_argument("--split", choices=("test", "valid", "train"), default="test")
-    parser.add_argument("--data", help="data path, when the data has moved since training (same as --set data.path=)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                        help="override a data setting or train.device (repeatable)")
-    parser.add_argument("--fold", type=int, help="test fold, for data with a fold column (same as --set data.fold=)")
-    return parser.parse_args(argv)
-
-
-@cli_entry
-def main(argv=None):
-    args = parse_args(argv)
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    if args.fold is not None:
-        overrides.append(f"data.fold={args.fold}")
-    reports = [evaluate(path, args.split, overrides) for path in args.checkpoint]
-    if len(reports) == 1:
-        print(format_report(reports[0]))
-    else:
-        tracks = [[t["path"] for t in r["tracks"]] for r in reports]
-        if any(t != tracks[0] for t in tracks[1:]):
-            raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
-                            "so they cannot be compared side by side")
-        print(compare_reports(reports))
-    print("\nreport" + ("s" if len(reports) > 1 else "") + " written to " + ", ".join(r["written_to"] for r in reports))
-    return 0

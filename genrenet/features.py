@@ -23,3 +23,19 @@ class MelFeatures(torch.nn.Module):
         # A channel axis makes AmplitudeToDB apply top_db per clip: with [clips, mels, frames] it
         # would take the loudest clip of the file as the reference for all of them.
         return self.to_db(self.mel(waves).unsqueeze(1)).squeeze(1)
+
+
+class HalfPrecision:
+    """Wraps an extractor to return float16, halving the cache and memory (a class, not a lambda,
+    so worker processes can pickle it)."""
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+        return self.extractor(waves).to(torch.float16)
+
+
+def mel_extractor(config) -> HalfPrecision:
+    """Waveforms [clips, samples] -> float16 log-mel spectrograms [clips, n_mels, frames]."""
+    return HalfPrecision(MelFeatures(config.features, config.audio))

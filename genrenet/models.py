@@ -1,14 +1,32 @@
-"""Models: small CNNs over log-mel spectrograms, picked by name from a registry.
+"""Models: small CNNs over log-mel spectrograms (registered by name in genrenet.catalog).
 
 Every model maps a batch [batch, 1, n_mels, frames] to a dict with "logits" [batch, classes]
-and "embedding" [batch, dim], so training, evaluation and embedding export share one path.
+and "embedding" [batch, dim], so training, evaluation and prediction share one path.
 """
 
+from typing import Literal
+
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from torch import nn
 
-from genrenet.config import ModelConfig
-from genrenet.errors import UserError
+from genrenet.config import STRICT
+from genrenet.registry import MODELS
+
+
+@dataclass(config=STRICT)
+class CNNSettings:
+    """The model section of a CNN (small_cnn, resnet_cnn)."""
+    name: str = "small_cnn"
+    width: int = Field(32, gt=0, le=1024)  # channels of the first block; later blocks double it
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    # Input normalization: global (one batch norm over all dB values) or frequency (a batch norm
+    # per mel band, so every band is standardized on its own).
+    input_norm: Literal["global", "frequency"] = "global"
+    # Pooling before the head: global (over frequency and time) or time (over time only, keeping
+    # where in the spectrum each feature fired).
+    pooling: Literal["global", "time"] = "global"
 
 
 class FrequencyNorm(nn.Module):
@@ -57,6 +75,11 @@ class GlobalPoolCNN(nn.Module):
         dims = (3,) if self.pooling == "time" else (2, 3)
         embedding = torch.cat([x.mean(dim=dims).flatten(1), x.amax(dim=dims).flatten(1)], dim=1)
         return {"logits": self.head(self.dropout(embedding)), "embedding": embedding}
+
+    @classmethod
+    def from_settings(cls, settings: CNNSettings, n_classes: int, n_mels: int) -> "GlobalPoolCNN":
+        return cls(n_classes=n_classes, n_mels=n_mels, width=settings.width, dropout=settings.dropout,
+                   norm=settings.input_norm, pooling=settings.pooling)
 
 
 class SmallCNN(GlobalPoolCNN):
@@ -113,20 +136,6 @@ class ResidualCNN(GlobalPoolCNN):
         super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm, pooling)
 
 
-MODELS = {"small_cnn": SmallCNN, "resnet_cnn": ResidualCNN}
-
-
-def check_model_name(config: ModelConfig) -> None:
-    if config.type == "cnn" and config.name not in MODELS:
-        raise UserError(f"model.name '{config.name}' is not a known model (choose from {', '.join(sorted(MODELS))})")
-
-
-def build_model(config: ModelConfig, n_classes: int, n_mels: int) -> nn.Module:
-    check_model_name(config)
-    return MODELS[config.name](n_classes=n_classes, n_mels=n_mels, width=config.width, dropout=config.dropout,
-                               norm=config.input_norm, pooling=config.pooling)
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -154,12 +163,14 @@ def count_flops(model: nn.Module, n_mels: int, frames: int) -> int:
 
 
 def describe_models(n_classes: int = 10, shapes: tuple = ((128, 130), (64, 216))) -> list[dict]:
-    """Every registered model at its default width: name, parameters and MFLOPs per clip for each
-    (n_mels, frames) shape, as keys like "mflops_128x130" (128 mels x 130 frames: 3 s at 22050 Hz,
-    hop 512; 64 x 216: 5 s at 22050 Hz, hop 512)."""
+    """Every registered CNN at its default width: name, parameters and MFLOPs per clip for each (n_mels,
+    frames) shape, as keys like "mflops_128x130" (128 mels x 130 frames: 3 s at 22050 Hz, hop
+    512; 64 x 216: 5 s at 22050 Hz, hop 512)."""
     rows = []
-    for name, cls in MODELS.items():
-        model = cls(n_classes=n_classes, n_mels=shapes[0][0])
+    for name, entry in MODELS.items():
+        if entry.family != "cnn":
+            continue
+        model = entry.build(entry.settings(name=name), n_classes, shapes[0][0])
         row = {"name": name, "parameters": count_parameters(model)}
         row.update({f"mflops_{m}x{f}": round(count_flops(model, m, f) / 1e6, 1) for m, f in shapes})
         rows.append(row)

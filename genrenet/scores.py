@@ -46,3 +46,20 @@ def track_log_probs(clip_scores: list[torch.Tensor]) -> torch.Tensor:
     """[tracks, classes]: the mean of each track's clip log-probabilities, renormalized."""
     means = torch.stack([scores.mean(dim=0) for scores in clip_scores])
     return torch.log_softmax(means, dim=1)
+
+
+def per_clip(track_values: list, clip_scores: list[torch.Tensor]) -> list:
+    """Each track's value (its label index, say) repeated once for each of its clips."""
+    return [value for scores, value in zip(clip_scores, track_values) for _ in range(len(scores))]
+
+
+def split_scores(model: torch.nn.Module, features: list[torch.Tensor], targets: list[int], device,
+                 window: Optional[int] = None) -> dict:
+    """Loss and accuracy at clip and track level of one split, as validation reports them."""
+    clip_scores = clip_log_probs(model, features, device, window=window)
+    clip_targets = torch.tensor(per_clip(targets, clip_scores), dtype=torch.long)
+    all_clips = torch.cat(clip_scores)
+    track_decision = track_log_probs(clip_scores).argmax(dim=1)
+    return {"loss": torch.nn.functional.nll_loss(all_clips, clip_targets).item(),
+            "clip_acc": (all_clips.argmax(dim=1) == clip_targets).float().mean().item(),
+            "track_acc": (track_decision == torch.tensor(targets)).float().mean().item()}

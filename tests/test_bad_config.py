@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
-from genrenet import training
+from genrenet.cli import train_main
 
 
 @dataclass
@@ -237,7 +237,7 @@ def trained(ws) -> Path:
     """best.pt of a 1-epoch model on the classes clicks and noise."""
     work = ws.root / "trained"
     cfg = write_config(ws.root / "trained.yaml", tiny_config_dict(work, ws.ab, train={"epochs": 1}))
-    assert training.main(["--config", str(cfg)]) == 0
+    assert train_main(["--config", str(cfg)]) == 0
     return work / "run" / "best.pt"
 
 

@@ -9,17 +9,18 @@ import torch
 
 from conftest import REPO_ROOT, tiny_config
 from genrenet.fileio import atomic_save
-from genrenet.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
+from genrenet.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from genrenet.config import from_dict, to_dict
 from genrenet.errors import UserError
-from genrenet.models import build_model
+from genrenet.registry import build_model
+from genrenet.trained import load_model
 
 LABELS = ["clicks", "noise", "tone"]
 
 
 def trained_like_model(config, seed=0):
     torch.manual_seed(seed)
-    model = build_model(config.model, len(LABELS), config.features.n_mels)
+    model = build_model(config, len(LABELS))
     # make batch-norm statistics non-trivial so a lost buffer would show
     model.train()
     with torch.no_grad():
@@ -35,7 +36,8 @@ def test_round_trip(tmp_path):
     metrics = {"epoch": 3, "valid_track_acc": 0.9}
     save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config), labels=LABELS, epoch=3,
                     metrics=metrics)
-    loaded, loaded_config, labels, state = load_model(path)
+    trained = load_model(path)
+    loaded, loaded_config, labels, state = trained.model, trained.config, trained.labels, trained.checkpoint
     assert loaded_config == config
     assert labels == LABELS
     assert state["epoch"] == 3 and state["metrics"] == metrics and state["format"] == FORMAT
@@ -119,9 +121,9 @@ def test_non_checkpoint_files_are_refused(tmp_path):
 
 
 def test_future_version_is_refused(tmp_path):
-    path = tmp_path / "v2.pt"
-    torch.save({"format": FORMAT, "version": 2}, path)
-    with pytest.raises(UserError, match="version 2 is not supported"):
+    path = tmp_path / "v9.pt"
+    torch.save({"format": FORMAT, "version": VERSION + 7}, path)
+    with pytest.raises(UserError, match=f"version {VERSION + 7} is not supported"):
         load_checkpoint(path)
 
 

@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
 def test_classic_checkpoint_holds_a_skops_model_not_a_pickle(trained):
     _, runs = trained
     state = load_checkpoint(runs["svm"] / "best.pt")
-    assert state["config"]["model"]["type"] == "svm"
+    assert state["config"]["model"]["name"] == "svm"
     blob = state["model_state"]["sklearn"].numpy().tobytes()
     assert blob[:2] == b"PK"  # a skops zip archive
 

@@ -9,9 +9,11 @@ import pytest
 
 from conftest import CLASSES, REPO_ROOT, class_signal, make_class_folder, tiny_config_dict, write_audio, \
     write_config, write_garbage
+from genrenet import cli
 from genrenet.config import from_dict, load_config
 from genrenet.errors import UserError
-from genrenet.models import build_model, count_parameters
+from genrenet.models import count_parameters
+from genrenet.registry import build_model
 
 EPOCHS = 3
 
@@ -55,7 +57,7 @@ def test_train_writes_run_directory(trained):
 def test_train_prints_parameter_count(trained):
     _, _, raw, result = trained
     config = from_dict(raw)
-    count = count_parameters(build_model(config.model, len(CLASSES), config.features.n_mels))
+    count = count_parameters(build_model(config, len(CLASSES)))
     assert f"model: small_cnn, {count:,} parameters" in result.stdout
     assert "data: 3 classes" in result.stdout
 
@@ -170,28 +172,25 @@ def test_training_twice_into_same_run_dir_is_refused(trained):
 # --- in-process checks of the same entry points (cheaper than a subprocess each) ----------------------
 
 def test_overwrite_replaces_the_model(trained, capsys):
-    from genrenet import training
     work, cfg, _, _ = trained
     other = work / "run_overwrite"
     args = ["--config", str(cfg), "--set", f"run.dir={other}", "--set", "train.epochs=1"]
-    assert training.main(args) == 0
-    assert training.main(args) == 2
+    assert cli.train_main(args) == 0
+    assert cli.train_main(args) == 2
     assert "already holds a trained model" in capsys.readouterr().err
-    assert training.main(args[:-1] + ["train.epochs=2", "--overwrite"]) == 0
+    assert cli.train_main(args[:-1] + ["train.epochs=2", "--overwrite"]) == 0
     assert len((other / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_evaluate_refuses_preprocessing_overrides(trained, capsys):
-    from genrenet import evaluation
     work = trained[0]
-    code = evaluation.main(["--checkpoint", str(work / "run" / "best.pt"), "--set", "audio.sample_rate=16000"])
+    code = cli.evaluate_main(["--checkpoint", str(work / "run" / "best.pt"), "--set", "audio.sample_rate=16000"])
     assert code == 2
     assert "only data.* and train.device can change" in capsys.readouterr().err
 
 
 def test_evaluate_missing_checkpoint(tmp_path, capsys):
-    from genrenet import evaluation
-    assert evaluation.main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert cli.evaluate_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 

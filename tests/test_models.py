@@ -3,16 +3,22 @@
 import pytest
 import torch
 
-from genrenet.config import ModelConfig
 from genrenet.errors import UserError
-from genrenet.models import MODELS, ResidualCNN, SmallCNN, build_model, count_flops, count_parameters, describe_models
+from genrenet.models import CNNSettings, ResidualCNN, SmallCNN, count_flops, count_parameters, describe_models
+from genrenet.registry import MODELS, model_entry
+
+CNN_NAMES = sorted(name for name, entry in MODELS.items() if entry.family == "cnn")
+
+
+def build_model(settings: CNNSettings, n_classes: int, n_mels: int) -> torch.nn.Module:
+    return model_entry(settings.name).build(settings, n_classes, n_mels)
 
 
 @pytest.mark.parametrize("n_mels,frames", [(32, 32), (16, 63), (40, 5), (8, 1)])
 @pytest.mark.parametrize("width", [4, 8])
 def test_small_cnn_outputs(n_mels, frames, width):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="small_cnn", width=width, dropout=0.1), n_classes=5, n_mels=n_mels).eval()
+    model = build_model(CNNSettings(name="small_cnn", width=width, dropout=0.1), n_classes=5, n_mels=n_mels).eval()
     assert isinstance(model, SmallCNN)
     with torch.no_grad():
         out = model(torch.randn(3, 1, n_mels, frames))
@@ -24,7 +30,7 @@ def test_small_cnn_outputs(n_mels, frames, width):
 
 def test_batch_items_are_independent_in_eval_mode():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(width=4), 3, 32).eval()
+    model = build_model(CNNSettings(width=4), 3, 32).eval()
     x = torch.randn(4, 1, 32, 20)
     with torch.no_grad():
         together = model(x)["logits"]
@@ -32,10 +38,10 @@ def test_batch_items_are_independent_in_eval_mode():
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", CNN_NAMES)
 def test_model_can_learn(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, width=4, dropout=0.0), 2, 16)
+    model = build_model(CNNSettings(name=name, width=4, dropout=0.0), 2, 16)
     x = torch.randn(16, 1, 16, 16)
     x[8:, :, :8] += 3.0  # class 1: louder low bands
     y = torch.tensor([0] * 8 + [1] * 8)
@@ -52,17 +58,17 @@ def test_model_can_learn(name):
 
 def test_unknown_model_name():
     with pytest.raises(UserError) as info:
-        build_model(ModelConfig(name="resnet999"), 3, 32)
+        model_entry("resnet999")
     assert "resnet999" in str(info.value) and "small_cnn" in str(info.value)
 
 
 def test_registry():
     assert "small_cnn" in MODELS
-    assert isinstance(build_model(ModelConfig(name="resnet_cnn", width=4), 3, 32), ResidualCNN)
+    assert isinstance(build_model(CNNSettings(name="resnet_cnn", width=4), 3, 32), ResidualCNN)
 
 
 def test_parameter_count():
-    model = build_model(ModelConfig(width=4), 3, 32)
+    model = build_model(CNNSettings(width=4), 3, 32)
     count = count_parameters(model)
     assert count == sum(p.numel() for p in model.parameters()) > 0
     # width 4 -> channels 4, 8, 16, 32: convs without bias, batch norms (weight+bias), linear head
@@ -70,16 +76,16 @@ def test_parameter_count():
     norms = 2 * (1 + 4 + 8 + 16 + 32)
     head = 64 * 3 + 3
     assert count == convs + norms + head
-    wider = count_parameters(build_model(ModelConfig(width=8), 3, 32))
+    wider = count_parameters(build_model(CNNSettings(width=8), 3, 32))
     assert wider > count
     # independent of n_mels (global pooling)
-    assert count_parameters(build_model(ModelConfig(width=4), 3, 128)) == count
+    assert count_parameters(build_model(CNNSettings(width=4), 3, 128)) == count
 
 
 @pytest.mark.parametrize("n_mels,frames", [(128, 130), (64, 216), (32, 16), (96, 17), (40, 5)])
 def test_residual_cnn_outputs(n_mels, frames):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="resnet_cnn", width=8), n_classes=7, n_mels=n_mels).eval()
+    model = build_model(CNNSettings(name="resnet_cnn", width=8), n_classes=7, n_mels=n_mels).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 1, n_mels, frames))
     assert set(out) == {"logits", "embedding"}
@@ -112,16 +118,16 @@ def test_count_flops_by_hand():
 
 def test_describe_models_covers_the_registry():
     rows = describe_models()
-    assert [row["name"] for row in rows] == list(MODELS)
+    assert sorted(row["name"] for row in rows) == CNN_NAMES
     for row in rows:
-        assert row["parameters"] == count_parameters(MODELS[row["name"]](n_classes=10, n_mels=128))
+        assert row["parameters"] == count_parameters(build_model(CNNSettings(name=row["name"]), 10, 128))
         assert 0 < row["mflops_64x216"] and 0 < row["mflops_128x130"]
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet_cnn"])
 def test_frequency_input_norm(name):
     torch.manual_seed(0)
-    config = ModelConfig(name=name, width=4, input_norm="frequency")
+    config = CNNSettings(name=name, width=4, input_norm="frequency")
     model = build_model(config, n_classes=3, n_mels=16)
     x = torch.randn(8, 1, 16, 20) * torch.linspace(1, 20, 16)[:, None] + torch.linspace(-80, 0, 16)[:, None]
     normed = model.input_norm(x)  # training mode: batch statistics, per mel band
@@ -133,8 +139,8 @@ def test_frequency_input_norm(name):
 
 
 def test_global_input_norm_is_the_default_and_keeps_checkpoint_keys():
-    assert ModelConfig().input_norm == "global"
-    model = build_model(ModelConfig(name="resnet_cnn", width=4), 3, 16)
+    assert CNNSettings().input_norm == "global"
+    model = build_model(CNNSettings(name="resnet_cnn", width=4), 3, 16)
     assert isinstance(model.input_norm, torch.nn.BatchNorm2d) and model.input_norm.num_features == 1
     assert "input_norm.weight" in model.state_dict()
 
@@ -142,7 +148,7 @@ def test_global_input_norm_is_the_default_and_keeps_checkpoint_keys():
 @pytest.mark.parametrize("name", ["small_cnn", "resnet_cnn"])
 def test_time_pooling_keeps_frequency_rows_apart(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, width=4, pooling="time"), n_classes=3, n_mels=40).eval()
+    model = build_model(CNNSettings(name=name, width=4, pooling="time"), n_classes=3, n_mels=40).eval()
     x = torch.randn(2, 1, 40, 50)
     with torch.no_grad():
         out = model(x)
@@ -154,7 +160,7 @@ def test_time_pooling_keeps_frequency_rows_apart(name):
     with torch.no_grad():  # still independent of the clip length
         assert model(torch.randn(2, 1, 40, 17))["logits"].shape == (2, 3)
     # a global-pooling model of the same width has a head of 2 x channels
-    assert build_model(ModelConfig(name=name, width=4), 3, 40).head.in_features == 2 * maps.shape[1]
+    assert build_model(CNNSettings(name=name, width=4), 3, 40).head.in_features == 2 * maps.shape[1]
 
 
 def test_time_pooling_tells_a_band_low_from_the_same_band_high():
@@ -166,17 +172,17 @@ def test_time_pooling_tells_a_band_low_from_the_same_band_high():
     gaps = {}
     for pooling in ("global", "time"):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(name="resnet_cnn", width=4, pooling=pooling), 3, 64).eval()
+        model = build_model(CNNSettings(name="resnet_cnn", width=4, pooling=pooling), 3, 64).eval()
         with torch.no_grad():
             a, b = model(low)["embedding"], model(high)["embedding"]
         gaps[pooling] = ((a - b).norm() / (a.norm() + b.norm())).item()
     assert gaps["time"] > 2 * gaps["global"]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", CNN_NAMES)
 def test_channels_last_layout_gives_the_same_logits(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, width=4), 3, 16).eval()
+    model = build_model(CNNSettings(name=name, width=4), 3, 16).eval()
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     x = torch.randn(2, 1, 16, 24)

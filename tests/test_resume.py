@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
-from genrenet import training
+from genrenet import cli
 
 EPOCHS = 4
 AUGMENT = {"gain_db": 6.0, "freq_masks": 2, "freq_mask_width": 6, "time_masks": 2, "time_mask_width": 6,
@@ -241,7 +241,7 @@ def test_resume_a_finished_run_does_nothing(runs, capsys):
     run_a = runs.work / "A"
     before = {p.name: p.stat().st_mtime_ns for p in run_a.iterdir()}
     log = (run_a / "metrics.jsonl").read_text()
-    assert training.main(["--resume", str(run_a)]) == 0
+    assert cli.train_main(["--resume", str(run_a)]) == 0
     out = capsys.readouterr().out
     assert f"{run_a} already finished its {EPOCHS} epochs; nothing to resume" in out
     assert (run_a / "metrics.jsonl").read_text() == log
@@ -251,7 +251,7 @@ def test_resume_a_finished_run_does_nothing(runs, capsys):
 def test_resume_without_last_pt_is_one_line_error(tmp_path, capsys):
     folder = tmp_path / "not_a_run"
     folder.mkdir()
-    assert training.main(["--resume", str(folder)]) == 2
+    assert cli.train_main(["--resume", str(folder)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [f"error: checkpoint not found: {folder / 'last.pt'}"]
@@ -262,7 +262,7 @@ def test_resume_with_set_is_refused(runs, capsys):
     run_a = runs.work / "A"
     before = (run_a / "last.pt").stat().st_mtime_ns
     with pytest.raises(SystemExit) as exit_:
-        training.main(["--resume", str(run_a), "--set", "train.epochs=8"])
+        cli.train_main(["--resume", str(run_a), "--set", "train.epochs=8"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "error: --resume continues a run with its stored config; --set" in err and "do not apply" in err

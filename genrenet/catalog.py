@@ -1,0 +1,36 @@
+"""The built-in models and feature kinds, registered by name (see genrenet.registry).
+
+Adding a model is one class (a torch.nn.Module returning {"logits", "embedding"}) and one
+register_model line here, or in your own code for a model that lives outside genrenet.
+"""
+
+from genrenet.classic import ClassicModel, ClassicSettings
+from genrenet.features import mel_extractor
+from genrenet.models import CNNSettings, ResidualCNN, SmallCNN
+from genrenet.registry import FeatureKind, ModelEntry, register_features, register_model
+
+
+def handcrafted_extractor(config):
+    """Waveforms [clips, samples] -> handcrafted statistics [clips, features] (genrenet.handcrafted)."""
+    from genrenet.handcrafted import HandcraftedFeatures  # librosa loads slowly; only the classic models need it
+
+    return HandcraftedFeatures(config.audio.sample_rate, n_fft=config.features.n_fft,
+                               hop_length=config.features.hop_length, n_mfcc=config.features.n_mfcc)
+
+
+def handcrafted_width(config) -> int:
+    from genrenet.handcrafted import feature_names  # librosa loads slowly; only the classic models need it
+
+    return len(feature_names(config.features.n_mfcc))
+
+
+register_features(FeatureKind("mel", extractor=mel_extractor, width=lambda config: config.features.n_mels,
+                              framed=True))
+register_features(FeatureKind("handcrafted", extractor=handcrafted_extractor, width=handcrafted_width, framed=False))
+
+register_model(ModelEntry("small_cnn", CNNSettings, "mel", SmallCNN.from_settings, family="cnn"))
+register_model(ModelEntry("resnet_cnn", CNNSettings, "mel", ResidualCNN.from_settings, family="cnn"))
+register_model(ModelEntry("svm", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True,
+                          family="classic"))
+register_model(ModelEntry("random_forest", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True,
+                          family="classic"))

@@ -1,0 +1,130 @@
+"""Entry points: the command lines of train.py, evaluate.py and predict.py.
+
+Each `*_main(argv)` parses its arguments, calls the command module that does the work
+(genrenet.training, .crossval, .evaluation, .prediction) and turns a user's mistake into one
+line on stderr (see genrenet.errors.cli_entry).
+"""
+
+import argparse
+import json
+import sys
+
+from genrenet.config import load_config, with_changes
+from genrenet.crossval import cross_validate
+from genrenet.device import resolve_device
+from genrenet.errors import UserError, cli_entry
+from genrenet.evaluation import compare_reports, evaluate, format_report
+from genrenet.prediction import expand_inputs, format_prediction, predict_file, prepare_predictor
+from genrenet.training import Interrupted, resume, train
+
+
+def train_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train an audio classifier from a YAML config.")
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--fold", type=int, help="test fold of a dataset with a fold column (same as data.fold)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in run.dir")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
+    parser.add_argument("--cv", action="store_true",
+                        help="cross-validate: train and evaluate every fold of the data's fold column")
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.resume):
+        parser.error("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)")
+    if args.resume and (args.overrides or args.fold is not None or args.overwrite or args.cv):
+        parser.error("--resume continues a run with its stored config; --set, --fold, --overwrite and --cv do not apply")
+    if args.cv and args.fold is not None:
+        parser.error("--cv trains every fold; --fold picks one")
+    return args
+
+
+@cli_entry
+def train_main(argv=None):
+    args = train_args(argv)
+    try:
+        if args.resume:
+            resume(args.resume)
+            return 0
+        config = load_config(args.config, args.overrides)
+        if args.cv:
+            cross_validate(config, overwrite=args.overwrite)
+        else:
+            if args.fold is not None:
+                config = with_changes(config, data={"fold": args.fold})
+            train(config, overwrite=args.overwrite)
+    except Interrupted as stopped:
+        print(f"\ninterrupted: saved a resumable checkpoint; continue with: python train.py --resume {stopped}")
+        return 130
+    return 0
+
+
+def evaluate_args(argv=None):
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint: scikit-learn report on one data split.")
+    parser.add_argument("--checkpoint", required=True, action="append",
+                        help="a best.pt or last.pt from a run directory; repeat to compare models side by side")
+    parser.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    parser.add_argument("--data", help="data path, when the data has moved since training (same as --set data.path=)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                        help="override a data setting or train.device (repeatable)")
+    parser.add_argument("--fold", type=int, help="test fold, for data with a fold column (same as --set data.fold=)")
+    return parser.parse_args(argv)
+
+
+@cli_entry
+def evaluate_main(argv=None):
+    args = evaluate_args(argv)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.fold is not None:
+        overrides.append(f"data.fold={args.fold}")
+    reports = [evaluate(path, args.split, overrides) for path in args.checkpoint]
+    if len(reports) == 1:
+        print(format_report(reports[0]))
+    else:
+        tracks = [[t["path"] for t in r["tracks"]] for r in reports]
+        if any(t != tracks[0] for t in tracks[1:]):
+            raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
+                            "so they cannot be compared side by side")
+        print(compare_reports(reports))
+    print("\nreport" + ("s" if len(reports) > 1 else "") + " written to " + ", ".join(r["written_to"] for r in reports))
+    return 0
+
+
+def predict_args(argv=None):
+    parser = argparse.ArgumentParser(description="Predict the class (genre) of audio files with a trained checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files or folders of audio files")
+    parser.add_argument("--top-k", type=int, default=3, help="how many labels to show per file (default 3)")
+    parser.add_argument("--segments", action="store_true", help="add a timeline: start, end, label, probability per clip")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    return parser.parse_args(argv)
+
+
+@cli_entry
+def predict_main(argv=None):
+    args = predict_args(argv)
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    predictor = prepare_predictor(args.checkpoint, resolve_device(args.device, setting="--device"))
+    paths = expand_inputs(args.files)
+    if not paths:
+        raise UserError("no audio files found in the given folders")
+    results, failed = [], 0
+    for path in paths:
+        try:
+            result = predict_file(path, predictor, args.top_k)
+        except UserError as error:  # one bad file must not stop the others
+            failed += 1
+            print(f"error: {error}", file=sys.stderr)
+            results.append({"file": str(path), "error": str(error)})
+            continue
+        if not args.segments:
+            result.pop("segments")
+        results.append(result)
+        if not args.json:
+            print(format_prediction(result, args.segments))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
