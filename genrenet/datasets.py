@@ -161,11 +161,21 @@ def _folder_tracks(root: Path) -> list[Track]:
         raise UserError(f"data.path '{root}' is not a folder (expected one sub-folder per class)")
     tracks = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        # A broken link stays in, so the run reports it instead of dropping it without a word.
-        files = sorted(p for p in class_dir.rglob("*")
-                       if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or p.is_symlink()))
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and _listable(p))
         tracks += [Track(path=f, label=class_dir.name) for f in files]
+    if not tracks:
+        loose = [p for p in root.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and _listable(p)]
+        if loose:
+            files = f"{len(loose)} audio file" + ("s" if len(loose) > 1 else "")
+            raise UserError(f"data.path '{root}' holds {files} but no class sub-folders: put each class's files "
+                            f"in {root}/<class>/ (or list them in a CSV manifest with path,label)")
     return tracks
+
+
+def _listable(path: Path) -> bool:
+    """A regular file, or a broken link: it stays in, so the run reports it instead of dropping it
+    without a word. A pipe or device (even behind a link) would block or never end when read."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _manifest_tracks(manifest: Path) -> list[Track]:

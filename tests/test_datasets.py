@@ -2,6 +2,7 @@
 guarantee that no track is in two splits."""
 
 import io
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -144,6 +145,27 @@ def test_folder_without_audio_is_an_error(tmp_path):
     (tmp_path / "data" / "a" / "x.txt").write_text("x")
     with pytest.raises(UserError, match="no audio files"):
         find_tracks(data_config(tmp_path / "data"))
+
+
+def test_flat_folder_explains_the_expected_layout(tmp_path):
+    for name in ("a.wav", "b.wav", "c.au"):
+        touch_audio(tmp_path / "data" / name)
+    with pytest.raises(UserError) as info:
+        find_tracks(data_config(tmp_path / "data"))
+    message = str(info.value)
+    assert "holds 3 audio files but no class sub-folders" in message
+    assert f"{tmp_path / 'data'}/<class>/" in message and "manifest" in message and "\n" not in message
+
+
+def test_pipes_and_devices_in_class_folders_are_not_listed(tmp_path):
+    paths = make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    os.mkfifo(tmp_path / "data" / "a" / "pipe.wav")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "data" / "a" / "linked_pipe.wav").symlink_to(tmp_path / "fifo")
+    (tmp_path / "data" / "b" / "device.wav").symlink_to("/dev/zero")  # reading would never end
+    (tmp_path / "data" / "b" / "broken.wav").symlink_to(tmp_path / "gone.wav")  # kept, so it gets reported
+    tracks = find_tracks(data_config(tmp_path / "data"))
+    assert {t.path for t in tracks} == set(paths) | {tmp_path / "data" / "b" / "broken.wav"}
 
 
 def test_fold_without_fold_column_is_an_error(tmp_path):
