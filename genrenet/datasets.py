@@ -46,12 +46,14 @@ def find_tracks(data: DataConfig, min_classes: int = 2) -> list[Track]:
     or more; evaluating a model on data of a single class is fine."""
     if not data.path:
         raise UserError("data.path is empty: set it in the config or with --set data.path=PATH")
-    path = Path(data.path)
+    path = Path(data.path).expanduser()
     kind = data.format if data.format != "auto" else _detect_format(path)
     if kind == "gtzan":
         tracks = _gtzan_tracks(path)
     elif not path.exists():
-        raise UserError(f"data.path '{path}' does not exist")
+        # A relative path in a config file is read from where the command runs, not from the config's folder.
+        where = "" if path.is_absolute() else f" (read relative to the current folder: {path.resolve()})"
+        raise UserError(f"data.path '{data.path}' does not exist{where}")
     elif kind == "csv":
         tracks = _manifest_tracks(path)
     else:
@@ -228,7 +230,7 @@ def _manifest_row(manifest: Path, line: int, row: dict, columns: list[str]) -> T
     fold = (row.get("fold") or "").strip()
     if fold and not fold.lstrip("-").isdigit():
         raise UserError(f"{manifest}:{line}: fold must be a whole number, got '{fold}'")
-    path = Path(raw_path)
+    path = Path(raw_path).expanduser()
     path = path if path.is_absolute() else manifest.parent / path
     # A folder, pipe or device would fail or block when decoded; a missing file is reported later.
     if path.exists() and not path.is_file():

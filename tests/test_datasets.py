@@ -157,6 +157,22 @@ def test_flat_folder_explains_the_expected_layout(tmp_path):
     assert f"{tmp_path / 'data'}/<class>/" in message and "manifest" in message and "\n" not in message
 
 
+def test_missing_relative_data_path_names_the_folder_it_was_read_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        find_tracks(data_config("data/gtzan"))
+    message = str(info.value)
+    assert "data.path 'data/gtzan' does not exist" in message
+    assert "current" in message and str(tmp_path / "data" / "gtzan") in message
+
+
+def test_tilde_in_data_path_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    paths = make_folder(tmp_path / "music", {"a": 2, "b": 2})
+    tracks = find_tracks(data_config("~/music"))
+    assert {t.path for t in tracks} == set(paths)
+
+
 def test_pipes_and_devices_in_class_folders_are_not_listed(tmp_path):
     paths = make_folder(tmp_path / "data", {"a": 2, "b": 2})
     os.mkfifo(tmp_path / "data" / "a" / "pipe.wav")

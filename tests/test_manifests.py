@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from genrenet.config import DataConfig
-from genrenet.datasets import find_tracks
+from genrenet.datasets import find_tracks, split_tracks
 from genrenet.errors import UserError
 from test_datasets import touch_audio
 
@@ -79,3 +79,14 @@ def test_a_row_naming_a_folder_is_refused(tmp_path):
     message = error_of(manifest_of(tmp_path, "a.wav,x", "b.wav,y", "sub,y"))
     assert "m.csv:4" in message and "not a file" in message
 
+
+def test_tilde_in_manifest_paths_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    touch_audio(tmp_path / "a.wav")
+    touch_audio(tmp_path / "b.wav")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "m.csv").write_text("path,label\n~/a.wav,x\n~/b.wav,y\n")
+    tracks = find_tracks(DataConfig(path="~/lists/m.csv"))
+    assert [t.path for t in tracks] == [tmp_path / "a.wav", tmp_path / "b.wav"]
+    cfg = DataConfig(path="~/lists/m.csv", valid_fraction=0.0, test_fraction=0.0)
+    assert len(split_tracks(tracks, cfg)["train"]) == 2
