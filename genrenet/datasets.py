@@ -6,6 +6,7 @@ tracks, never clips, so clips of one track cannot land on both sides.
 """
 
 import csv
+import io
 import re
 import sys
 from dataclasses import dataclass
@@ -45,12 +46,14 @@ def find_tracks(data: DataConfig, min_classes: int = 2) -> list[Track]:
     or more; evaluating a model on data of a single class is fine."""
     if not data.path:
         raise UserError("data.path is empty: set it in the config or with --set data.path=PATH")
-    path = Path(data.path)
+    path = Path(data.path).expanduser()
     kind = data.format if data.format != "auto" else _detect_format(path)
     if kind == "gtzan":
         tracks = _gtzan_tracks(path)
     elif not path.exists():
-        raise UserError(f"data.path '{path}' does not exist")
+        # A relative path in a config file is read from where the command runs, not from the config's folder.
+        where = "" if path.is_absolute() else f" (read relative to the current folder: {path.resolve()})"
+        raise UserError(f"data.path '{data.path}' does not exist{where}")
     elif kind == "csv":
         tracks = _manifest_tracks(path)
     else:
@@ -160,34 +163,92 @@ def _folder_tracks(root: Path) -> list[Track]:
         raise UserError(f"data.path '{root}' is not a folder (expected one sub-folder per class)")
     tracks = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        # A broken link stays in, so the run reports it instead of dropping it without a word.
-        files = sorted(p for p in class_dir.rglob("*")
-                       if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or p.is_symlink()))
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and _listable(p))
         tracks += [Track(path=f, label=class_dir.name) for f in files]
+    if not tracks:
+        loose = [p for p in root.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and _listable(p)]
+        if loose:
+            files = f"{len(loose)} audio file" + ("s" if len(loose) > 1 else "")
+            raise UserError(f"data.path '{root}' holds {files} but no class sub-folders: put each class's files "
+                            f"in {root}/<class>/ (or list them in a CSV manifest with path,label)")
     return tracks
 
 
+def _listable(path: Path) -> bool:
+    """A regular file, or a broken link: it stays in, so the run reports it instead of dropping it
+    without a word. A pipe or device (even behind a link) would block or never end when read."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _manifest_tracks(manifest: Path) -> list[Track]:
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    columns, rows = _read_manifest(manifest)
+    tracks, first_line = [], {}  # resolved path -> (line, track), to catch a file listed twice
+    for line, row in rows:
+        track = _manifest_row(manifest, line, row, columns)
+        key = track.path.resolve()  # one file spelled two ways is one track
+        if key in first_line:
+            _refuse_repeat(manifest, line, row["path"].strip(), *first_line[key], track)
+        first_line[key] = (line, track)
+        tracks.append(track)
+    return tracks
+
+
+def _read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and the (line number, row) pairs of a CSV manifest."""
+    try:
+        raw = manifest.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read the manifest {manifest}: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: spreadsheets ("CSV UTF-8") start the file with a BOM
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise UserError(f"{manifest}:{line}: not UTF-8 text; save the manifest as UTF-8 "
+                        "(\"CSV UTF-8\" in a spreadsheet)") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         columns = reader.fieldnames or []
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
             raise UserError(f"{manifest}: missing column(s) {', '.join(missing)} (need path,label; optional split or fold)")
-        rows = list(reader)
-    tracks = []
-    for line, row in enumerate(rows, start=2):
-        split = (row.get("split") or "").strip().lower() or None
-        if "split" in columns and split not in SPLIT_ALIASES:
-            raise UserError(f"{manifest}:{line}: split '{split or ''}' is not train, valid or test")
-        fold = (row.get("fold") or "").strip()
-        if fold and not fold.lstrip("-").isdigit():
-            raise UserError(f"{manifest}:{line}: fold must be a whole number, got '{fold}'")
-        path = Path(row["path"])
-        tracks.append(Track(path=path if path.is_absolute() else manifest.parent / path,
-                            label=row["label"].strip(), split=SPLIT_ALIASES.get(split),
-                            fold=int(fold) if fold else None))
-    return tracks
+        # line_num after a row is its last line, which blank lines and quoted line breaks keep true
+        return columns, [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise UserError(f"{manifest}:{reader.line_num}: not a valid CSV row ({error})") from None
+
+
+def _manifest_row(manifest: Path, line: int, row: dict, columns: list[str]) -> Track:
+    """One manifest row as a track; an empty cell or a path that is no file is an error."""
+    # A short row leaves its last cells as None; an empty path would otherwise name the CSV's folder.
+    raw_path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+    empty = [name for name, value in (("path", raw_path), ("label", label)) if not value]
+    if empty:
+        raise UserError(f"{manifest}:{line}: empty {' and '.join(empty)} (every row needs path,label)")
+    split = (row.get("split") or "").strip().lower() or None
+    if "split" in columns and split not in SPLIT_ALIASES:
+        raise UserError(f"{manifest}:{line}: split '{split or ''}' is not train, valid or test")
+    fold = (row.get("fold") or "").strip()
+    if fold and not fold.lstrip("-").isdigit():
+        raise UserError(f"{manifest}:{line}: fold must be a whole number, got '{fold}'")
+    path = Path(raw_path).expanduser()
+    path = path if path.is_absolute() else manifest.parent / path
+    # A folder, pipe or device would fail or block when decoded; a missing file is reported later.
+    if path.exists() and not path.is_file():
+        raise UserError(f"{manifest}:{line}: '{raw_path}' is not a file")
+    return Track(path=path, label=label, split=SPLIT_ALIASES.get(split), fold=int(fold) if fold else None)
+
+
+def _refuse_repeat(manifest: Path, line: int, raw_path: str, first: int, earlier: Track, track: Track) -> None:
+    """A file listed twice: under two labels, or the same row again (which would count it twice)."""
+    if earlier.label != track.label:
+        raise UserError(f"{manifest}:{line}: '{raw_path}' is labelled '{track.label}' here but "
+                        f"'{earlier.label}' on line {first}; a track has one label")
+    where = ""
+    if earlier.split != track.split:
+        where = f" (in both the {earlier.split} and the {track.split} split)"
+    elif earlier.fold != track.fold:
+        where = f" (in both fold {earlier.fold} and fold {track.fold})"
+    raise UserError(f"{manifest}:{line}: '{raw_path}' is already listed on line {first}{where}; list each track once")
 
 
 def _gtzan_root(path: Path) -> Optional[Path]:

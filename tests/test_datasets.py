@@ -2,6 +2,7 @@
 guarantee that no track is in two splits."""
 
 import io
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -146,6 +147,43 @@ def test_folder_without_audio_is_an_error(tmp_path):
         find_tracks(data_config(tmp_path / "data"))
 
 
+def test_flat_folder_explains_the_expected_layout(tmp_path):
+    for name in ("a.wav", "b.wav", "c.au"):
+        touch_audio(tmp_path / "data" / name)
+    with pytest.raises(UserError) as info:
+        find_tracks(data_config(tmp_path / "data"))
+    message = str(info.value)
+    assert "holds 3 audio files but no class sub-folders" in message
+    assert f"{tmp_path / 'data'}/<class>/" in message and "manifest" in message and "\n" not in message
+
+
+def test_missing_relative_data_path_names_the_folder_it_was_read_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        find_tracks(data_config("data/gtzan"))
+    message = str(info.value)
+    assert "data.path 'data/gtzan' does not exist" in message
+    assert "current" in message and str(tmp_path / "data" / "gtzan") in message
+
+
+def test_tilde_in_data_path_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    paths = make_folder(tmp_path / "music", {"a": 2, "b": 2})
+    tracks = find_tracks(data_config("~/music"))
+    assert {t.path for t in tracks} == set(paths)
+
+
+def test_pipes_and_devices_in_class_folders_are_not_listed(tmp_path):
+    paths = make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    os.mkfifo(tmp_path / "data" / "a" / "pipe.wav")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "data" / "a" / "linked_pipe.wav").symlink_to(tmp_path / "fifo")
+    (tmp_path / "data" / "b" / "device.wav").symlink_to("/dev/zero")  # reading would never end
+    (tmp_path / "data" / "b" / "broken.wav").symlink_to(tmp_path / "gone.wav")  # kept, so it gets reported
+    tracks = find_tracks(data_config(tmp_path / "data"))
+    assert {t.path for t in tracks} == set(paths) | {tmp_path / "data" / "b" / "broken.wav"}
+
+
 def test_fold_without_fold_column_is_an_error(tmp_path):
     make_folder(tmp_path / "data", {"a": 3, "b": 3})
     cfg = data_config(tmp_path / "data", fold=1)
@@ -272,9 +310,8 @@ def test_manifest_same_file_twice_in_different_splits_is_refused(tmp_path):
     touch_audio(tmp_path / "b.wav")
     manifest = write_manifest(tmp_path / "m.csv", "path,label,split",
                               ["a.wav,x,train", "b.wav,y,train", "a.wav,x,test"])
-    cfg = data_config(manifest)
-    with pytest.raises(UserError, match="listed in both the train and the test split"):
-        split_tracks(find_tracks(cfg), cfg)
+    with pytest.raises(UserError, match=r"m.csv:4: 'a.wav' is already listed on line 2 \(in both the train and the test split\)"):
+        find_tracks(data_config(manifest))
 
 
 def test_manifest_same_file_spelled_differently_is_refused(tmp_path, monkeypatch):
@@ -285,12 +322,8 @@ def test_manifest_same_file_spelled_differently_is_refused(tmp_path, monkeypatch
     rows += [f"{tmp_path / 'set' / 'a0.wav'},a,test", "../set/b0.wav,b,test", "a2.wav,a,valid", "b2.wav,b,valid"]
     write_manifest(tmp_path / "set" / "m.csv", "path,label,split", rows)
     cfg = data_config("set/m.csv")  # a relative data.path, as in a config file
-    try:
-        splits = split_tracks(find_tracks(cfg), cfg)
-    except UserError as error:
-        assert "listed in both" in str(error)
-        return
-    assert_partition(splits, [tmp_path / "set" / f"{n}.wav" for n in ("a0", "a1", "a2", "b0", "b1", "b2")])
+    with pytest.raises(UserError, match=r"m.csv:6: .* is already listed on line 2 \(in both the train and the test split\)"):
+        find_tracks(cfg)
 
 
 # --- GTZAN -----------------------------------------------------------------------------------------------
