@@ -1,0 +1,86 @@
+"""Hostile audio inputs: headers with odd sample rates, files that exhaust memory, FIFOs and
+devices given as audio, and the one float -> 16-bit PCM conversion every stage shares."""
+
+import math
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import genrenet.audio as audio
+import genrenet.handcrafted as handcrafted
+from conftest import REPO_ROOT, SR, tiny_config, write_tone
+from genrenet.cache import cached_features
+from genrenet.config import AudioConfig
+from genrenet.errors import AudioError
+
+ORDINARY_RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 96000]
+HOSTILE_RATES = [999_983, 44_101, 7_919]  # primes: nothing cancels in orig / new
+TARGET_RATES = [22050, 16000, 8000]
+
+
+def _reduced(orig: int, new: int) -> tuple[int, int]:
+    gcd = math.gcd(orig, new)
+    return orig // gcd, new // gcd
+
+
+# --- resampling at any header rate ----------------------------------------------------------------
+
+@pytest.mark.parametrize("new", TARGET_RATES)
+@pytest.mark.parametrize("orig", ORDINARY_RATES)
+def test_ordinary_rates_resample_with_the_exact_ratio(orig, new):
+    assert audio.resampling_rates(orig, new) == (orig, new)
+
+
+@pytest.mark.parametrize("new", TARGET_RATES)
+@pytest.mark.parametrize("orig", HOSTILE_RATES)
+def test_odd_header_rates_resample_with_small_terms(orig, new):
+    pair = audio.resampling_rates(orig, new)
+    assert max(_reduced(*pair)) <= audio.MAX_RATIO_TERM
+    assert audio._filter_entries(*_reduced(*pair)) <= audio.MAX_FILTER_ENTRIES
+    assert (pair[0] / pair[1]) / (orig / new) == pytest.approx(1, abs=1e-4)  # pitch off by under 0.2 cents
+
+
+def test_extreme_ratios_keep_a_valid_pair():
+    for orig, new in [(2**31 - 1, 8000), (1, 22050), (8000, 2**31 - 1), (22051, 22050)]:
+        a, b = audio.resampling_rates(orig, new)
+        assert a >= 1 and b >= 1
+        assert (a / b) / (orig / new) == pytest.approx(1, rel=2e-3)
+
+
+# Loads each file under an address-space limit of what the process already maps plus 1 GiB: the
+# unbounded resampler needed 64 GB (999,983 Hz) and 8.9 GB (44,101 Hz) of filter table.
+_LOAD_UNDER_LIMIT = """
+import resource, sys
+import numpy as np, torch
+from genrenet.audio import load_clips
+from genrenet.config import AudioConfig
+torch.set_num_threads(1)
+mapped = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (mapped + 2**30, resource.RLIM_INFINITY))
+for path in sys.argv[1:]:
+    clips = load_clips(path, AudioConfig(sample_rate=22050, clip_seconds=1.0, hop_seconds=1.0, normalize="off"))
+    spectrum = np.abs(np.fft.rfft(clips[0].numpy()))
+    print(tuple(clips.shape), int(np.argmax(spectrum)) * 22050 / clips.shape[1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the address-space limit is read from /proc")
+def test_short_files_with_odd_header_rates_load_in_bounded_memory(tmp_path):
+    paths = [write_tone(tmp_path / "tiny_999983.wav", sr=999_983, seconds=0.001),  # a 2 KB file
+             write_tone(tmp_path / "tone_44101.wav", freq=1000, sr=44_101, seconds=1.0),
+             write_tone(tmp_path / "tone_7919.wav", freq=1000, sr=7_919, seconds=1.0)]
+    assert paths[0].stat().st_size < 2100
+    result = subprocess.run([sys.executable, "-c", _LOAD_UNDER_LIMIT, *map(str, paths)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(")")[0] + ")" for line in lines] == ["(1, 22050)"] * 3
+    for line in lines[1:]:  # the tones keep their pitch
+        assert float(line.split(") ")[1]) == pytest.approx(1000, abs=2)
