@@ -19,7 +19,7 @@ import torch
 import torchaudio.functional
 
 from genrenet.config import AudioConfig
-from genrenet.errors import AudioError
+from genrenet.errors import AudioError, error_line
 
 # pydub warns at import when ffmpeg is missing; that is expected on a pip-only install, and we
 # say what ffmpeg would add only when a file needs it.
@@ -42,6 +42,25 @@ MAX_FILTER_ENTRIES = 1 << 21  # 8 MB as float32; 768 kHz -> 22050 Hz still resam
 MAX_RATIO_TERM = 1000  # keeps an approximated table near 1M entries
 
 
+def _one_file(function):
+    """Any failure while reading one file becomes an AudioError naming it (even running out of
+    memory on a huge or hostile file), so a run can skip that file instead of stopping."""
+
+    @functools.wraps(function)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return function(path, *args, **kwargs)
+        except AudioError:
+            raise
+        except MemoryError:
+            raise AudioError(f"{path}: not enough memory to decode it") from None
+        except Exception as error:  # a library failing in a way we did not foresee
+            raise AudioError(f"{path}: cannot decode ({type(error).__name__}: {error_line(error)})") from error
+
+    return wrapper
+
+
+@_one_file
 def decode(path: str | Path) -> AudioSegment:
     """Read any supported file as a mono 16-bit AudioSegment at its own sample rate."""
     path = Path(path)
@@ -102,6 +121,7 @@ def clip_starts(count: int, hop_seconds: float) -> list[float]:
     return [round(i * hop_seconds, 3) for i in range(count)]
 
 
+@_one_file
 def load_clips(path: str | Path, config: AudioConfig) -> torch.Tensor:
     """The whole audio stage for one file: a float tensor [clips, samples] at config.sample_rate."""
     segment = prepare(decode(path), config)

@@ -84,3 +84,43 @@ def test_short_files_with_odd_header_rates_load_in_bounded_memory(tmp_path):
     assert [line.split(")")[0] + ")" for line in lines] == ["(1, 22050)"] * 3
     for line in lines[1:]:  # the tones keep their pitch
         assert float(line.split(") ")[1]) == pytest.approx(1000, abs=2)
+
+
+# --- a failure on one file skips that file ---------------------------------------------------------
+
+def _raises(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+TORCH_OUT_OF_MEMORY = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough "
+                                   "memory: you tried to allocate 64032076800 bytes.")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), TORCH_OUT_OF_MEMORY, ZeroDivisionError("division by zero")],
+                         ids=["MemoryError", "torch out of memory", "unexpected"])
+def test_a_failure_while_resampling_is_an_audio_error_naming_the_file(tmp_path, monkeypatch, error):
+    path = write_tone(tmp_path / "tone_44100.wav", sr=44100)
+    monkeypatch.setattr(audio.torchaudio.functional, "resample", _raises(error))
+    with pytest.raises(AudioError) as caught:
+        audio.load_clips(path, AudioConfig(sample_rate=SR, clip_seconds=1.0, hop_seconds=1.0))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+
+
+def test_memory_error_while_decoding_is_an_audio_error(tmp_path, monkeypatch):
+    path = write_tone(tmp_path / "tone.wav")
+    monkeypatch.setattr(audio.soundfile, "SoundFile", _raises(MemoryError()))
+    with pytest.raises(AudioError, match="not enough memory"):
+        audio.decode(path)
+
+
+def test_cache_skips_a_file_that_runs_out_of_memory(tmp_path, monkeypatch):
+    good = write_tone(tmp_path / "data" / "a" / "good.wav", sr=SR)
+    bad = write_tone(tmp_path / "data" / "a" / "bad.wav", sr=44100)  # only this one is resampled
+    monkeypatch.setattr(audio.torchaudio.functional, "resample", _raises(MemoryError()))
+    config = tiny_config(tmp_path, tmp_path / "data", data={"on_error": "skip"})
+    features, failures = cached_features([good, bad], config)
+    assert features[0] is not None and features[1] is None
+    assert list(failures) == [bad] and str(bad) in failures[bad]
