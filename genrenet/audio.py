@@ -64,8 +64,10 @@ def _one_file(function):
 def decode(path: str | Path) -> AudioSegment:
     """Read any supported file as a mono 16-bit AudioSegment at its own sample rate."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # follows symlinks: a dangling one is missing too
         raise AudioError(f"{path}: no such file")
+    if not path.is_file():  # a folder, FIFO or device: opening a FIFO would block
+        raise AudioError(f"{path}: not a regular file")
     try:
         with open(path, "rb"):  # permission problems surface here, as an OSError with a plain reason
             pass

@@ -124,3 +124,37 @@ def test_cache_skips_a_file_that_runs_out_of_memory(tmp_path, monkeypatch):
     features, failures = cached_features([good, bad], config)
     assert features[0] is not None and features[1] is None
     assert list(failures) == [bad] and str(bad) in failures[bad]
+
+
+# --- files that are not regular files ----------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_is_not_a_regular_file_and_is_never_opened(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            audio.load_clips(fifo, AudioConfig(sample_rate=SR, clip_seconds=1.0, hop_seconds=1.0))
+        except AudioError as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    if reader.is_alive():  # blocked opening the FIFO: open its other end to release the reader
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("decoding opened the FIFO")
+    assert outcome == [f"{fifo}: not a regular file"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null on this platform")
+def test_device_is_not_a_regular_file():
+    with pytest.raises(AudioError, match="^/dev/null: not a regular file$"):
+        audio.decode("/dev/null")
+
+
+def test_missing_file_is_still_no_such_file(tmp_path):
+    with pytest.raises(AudioError, match="no such file"):
+        audio.decode(tmp_path / "missing.wav")
