@@ -75,7 +75,7 @@ def decode(path: str | Path) -> AudioSegment:
             rate = file.samplerate
             # Downmix block by block (pydub's own multi-channel downmix is a per-sample Python
             # loop), so a long multichannel file is never held whole as float32.
-            blocks = [_pcm16(block.mean(axis=1))
+            blocks = [to_pcm16(block.mean(axis=1))
                       for block in file.blocks(blocksize=1 << 20, dtype="float32", always_2d=True)]
     except OSError as error:  # permission denied, I/O error: nothing to decode
         raise AudioError(f"{path}: cannot read ({error.strerror or error})") from None
@@ -161,8 +161,9 @@ def _filter_entries(orig: int, new: int, zero_crossings: int = 6, rolloff: float
     return new * (orig + 2 * width)
 
 
-def _pcm16(mono: np.ndarray) -> np.ndarray:
-    """Float samples to 16-bit PCM; NaN and infinite samples (broken float files) become silence."""
+def to_pcm16(mono: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] to 16-bit PCM (pydub's sample format), clipped at full scale; NaN and
+    infinite samples (broken float files) become silence."""
     mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
     return (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
 
@@ -175,7 +176,7 @@ def _decode_with_ffmpeg(path: Path) -> AudioSegment:
     if segment.frame_count() == 0:
         raise AudioError(f"{path}: contains no audio samples")
     samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels)
-    pcm = _pcm16(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)))
+    pcm = to_pcm16(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)))
     return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=segment.frame_rate, channels=1)
 
 
@@ -194,6 +195,4 @@ def _ffmpeg_available() -> bool:
 def _last_line(error: Exception) -> str:
     """The last line of an error: libsndfile's reason (without its repeat of the path), or
     ffmpeg's after its banner."""
-    text = str(error).strip().splitlines()
-    reason = text[-1] if text else type(error).__name__
-    return re.sub(r"^Error opening .*?: ", "", reason)
+    return re.sub(r"^Error opening .*?: ", "", error_line(error, last=True))

@@ -158,3 +158,42 @@ def test_device_is_not_a_regular_file():
 def test_missing_file_is_still_no_such_file(tmp_path):
     with pytest.raises(AudioError, match="no such file"):
         audio.decode(tmp_path / "missing.wav")
+
+
+# --- one float -> 16-bit PCM conversion -------------------------------------------------------------
+
+def test_to_pcm16_clips_and_silences_broken_samples():
+    pcm = audio.to_pcm16(np.array([0.0, 0.5, -1.0, 2.0, -3.0, np.nan, np.inf, -np.inf], dtype=np.float32))
+    assert pcm.dtype == np.dtype("<i2")
+    assert pcm.tolist() == [0, 16383, -32767, 32767, -32767, 0, 0, 0]
+
+
+def test_handcrafted_loudness_uses_the_shared_conversion(monkeypatch):
+    calls = []
+    monkeypatch.setattr(handcrafted, "to_pcm16", lambda clip: calls.append(len(clip)) or audio.to_pcm16(clip))
+    y = np.stack([0.5 * np.sin(np.arange(SR) / 10), np.zeros(SR)]).astype(np.float32)
+    handcrafted.HandcraftedFeatures(SR, n_fft=256, hop_length=128).loudness(y)
+    assert calls == [SR, SR]
+
+
+def test_handcrafted_loudness_treats_nan_as_silence():
+    features = handcrafted.HandcraftedFeatures(SR, n_fft=256, hop_length=128)
+    y = 0.5 * np.sin(np.arange(SR, dtype=np.float32) / 10)
+    broken = y.copy()
+    broken[: SR // 2] = np.nan
+    silenced = y.copy()
+    silenced[: SR // 2] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # casting NaN to integers warns ("invalid value encountered in cast")
+        assert np.array_equal(features.loudness(broken[None]), features.loudness(silenced[None]))
+
+
+def test_ffmpeg_error_reason_is_its_last_line_trimmed(tmp_path, monkeypatch):
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"\x00" * 100)
+    banner = "ffmpeg version 6.1\n  configuration: --enable-everything\n"
+    monkeypatch.setattr(audio, "_ffmpeg_available", lambda: True)
+    monkeypatch.setattr(audio.AudioSegment, "from_file", _raises(Exception(banner + "   " + "x" * 500 + "   \n\n")))
+    with pytest.raises(AudioError) as caught:
+        audio.decode(path)
+    assert str(caught.value) == f"{path}: cannot decode ({'x' * 200})"
