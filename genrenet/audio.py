@@ -40,6 +40,9 @@ AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 # MAX_FILTER_ENTRIES the rate ratio is approximated by one whose terms are at most MAX_RATIO_TERM.
 MAX_FILTER_ENTRIES = 1 << 21  # 8 MB as float32; 768 kHz -> 22050 Hz still resamples exactly (815k)
 MAX_RATIO_TERM = 1000  # keeps an approximated table near 1M entries
+# Short tracks are padded to a whole clip at their own rate before resampling, so a header claiming
+# 2 GHz would make even a 2 KB file take gigabytes. No audio is recorded anywhere near this rate.
+MAX_SAMPLE_RATE = 3_072_000  # 4 x 768 kHz, the highest rate audio hardware offers
 
 
 def _one_file(function):
@@ -126,7 +129,10 @@ def clip_starts(count: int, hop_seconds: float) -> list[float]:
 @_one_file
 def load_clips(path: str | Path, config: AudioConfig) -> torch.Tensor:
     """The whole audio stage for one file: a float tensor [clips, samples] at config.sample_rate."""
-    segment = prepare(decode(path), config)
+    segment = decode(path)
+    if segment.frame_rate > MAX_SAMPLE_RATE:  # checked before padding a short track to a clip at that rate
+        raise AudioError(f"{path}: implausible sample rate in its header ({segment.frame_rate} Hz)")
+    segment = prepare(segment, config)
     clips = cut_clips(segment, config.clip_seconds, config.hop_seconds)
     rate = segment.frame_rate
     # pydub slices in milliseconds; fix every clip to the same sample count before stacking.

@@ -86,6 +86,15 @@ def test_short_files_with_odd_header_rates_load_in_bounded_memory(tmp_path):
         assert float(line.split(") ")[1]) == pytest.approx(1000, abs=2)
 
 
+def test_implausible_header_rate_is_an_audio_error(tmp_path):
+    """A short track is padded to a clip at its own rate: at 2 GHz that would take gigabytes."""
+    path = write_tone(tmp_path / "tiny_2ghz.wav", sr=2**31 - 1, seconds=1e-6)
+    with pytest.raises(AudioError, match=r"implausible sample rate in its header \(2147483647 Hz\)$"):
+        audio.load_clips(path, AudioConfig(sample_rate=SR, clip_seconds=1.0, hop_seconds=1.0))
+    highest = write_tone(tmp_path / "tiny_max.wav", sr=audio.MAX_SAMPLE_RATE, seconds=1e-4)
+    assert audio.load_clips(highest, AudioConfig(sample_rate=SR, clip_seconds=1.0, hop_seconds=1.0)).shape == (1, SR)
+
+
 # --- a failure on one file skips that file ---------------------------------------------------------
 
 def _raises(error):
@@ -197,3 +206,4 @@ def test_ffmpeg_error_reason_is_its_last_line_trimmed(tmp_path, monkeypatch):
     with pytest.raises(AudioError) as caught:
         audio.decode(path)
     assert str(caught.value) == f"{path}: cannot decode ({'x' * 200})"
+
