@@ -6,9 +6,11 @@ ogg and mp3), so a pip-only install needs no system ffmpeg. Formats libsndfile c
 """
 
 import functools
+import math
 import re
 import shutil
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 import torchaudio.functional
 
 from genrenet.config import AudioConfig
-from genrenet.errors import AudioError
+from genrenet.errors import AudioError, error_line
 
 # pydub warns at import when ffmpeg is missing; that is expected on a pip-only install, and we
 # say what ffmpeg would add only when a file needs it.
@@ -33,12 +35,42 @@ SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".au", ".snd", ".flac", ".ogg", ".oga",
 FFMPEG_EXTENSIONS = {".m4a", ".aac", ".wma", ".mp4", ".webm", ".mka", ".ac3", ".amr"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
+# torchaudio's resampler builds a filter table of about new x orig entries (gcd-reduced rates): a
+# few thousand for ordinary rates, but 8e9 (64 GB) for a header claiming 999,983 Hz. Above
+# MAX_FILTER_ENTRIES the rate ratio is approximated by one whose terms are at most MAX_RATIO_TERM.
+MAX_FILTER_ENTRIES = 1 << 21  # 8 MB as float32; 768 kHz -> 22050 Hz still resamples exactly (815k)
+MAX_RATIO_TERM = 1000  # keeps an approximated table near 1M entries
+# Short tracks are padded to a whole clip at their own rate before resampling, so a header claiming
+# 2 GHz would make even a 2 KB file take gigabytes. No audio is recorded anywhere near this rate.
+MAX_SAMPLE_RATE = 3_072_000  # 4 x 768 kHz, the highest rate audio hardware offers
 
+
+def _one_file(function):
+    """Any failure while reading one file becomes an AudioError naming it (even running out of
+    memory on a huge or hostile file), so a run can skip that file instead of stopping."""
+
+    @functools.wraps(function)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return function(path, *args, **kwargs)
+        except AudioError:
+            raise
+        except MemoryError:
+            raise AudioError(f"{path}: not enough memory to decode it") from None
+        except Exception as error:  # a library failing in a way we did not foresee
+            raise AudioError(f"{path}: cannot decode ({type(error).__name__}: {error_line(error)})") from error
+
+    return wrapper
+
+
+@_one_file
 def decode(path: str | Path) -> AudioSegment:
     """Read any supported file as a mono 16-bit AudioSegment at its own sample rate."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # follows symlinks: a dangling one is missing too
         raise AudioError(f"{path}: no such file")
+    if not path.is_file():  # a folder, FIFO or device: opening a FIFO would block
+        raise AudioError(f"{path}: not a regular file")
     try:
         with open(path, "rb"):  # permission problems surface here, as an OSError with a plain reason
             pass
@@ -46,7 +78,7 @@ def decode(path: str | Path) -> AudioSegment:
             rate = file.samplerate
             # Downmix block by block (pydub's own multi-channel downmix is a per-sample Python
             # loop), so a long multichannel file is never held whole as float32.
-            blocks = [_pcm16(block.mean(axis=1))
+            blocks = [to_pcm16(block.mean(axis=1))
                       for block in file.blocks(blocksize=1 << 20, dtype="float32", always_2d=True)]
     except OSError as error:  # permission denied, I/O error: nothing to decode
         raise AudioError(f"{path}: cannot read ({error.strerror or error})") from None
@@ -94,22 +126,50 @@ def clip_starts(count: int, hop_seconds: float) -> list[float]:
     return [round(i * hop_seconds, 3) for i in range(count)]
 
 
+@_one_file
 def load_clips(path: str | Path, config: AudioConfig) -> torch.Tensor:
     """The whole audio stage for one file: a float tensor [clips, samples] at config.sample_rate."""
-    segment = prepare(decode(path), config)
+    segment = decode(path)
+    if segment.frame_rate > MAX_SAMPLE_RATE:  # checked before padding a short track to a clip at that rate
+        raise AudioError(f"{path}: implausible sample rate in its header ({segment.frame_rate} Hz)")
+    segment = prepare(segment, config)
     clips = cut_clips(segment, config.clip_seconds, config.hop_seconds)
     rate = segment.frame_rate
     # pydub slices in milliseconds; fix every clip to the same sample count before stacking.
     length = round(config.clip_seconds * rate)
     waves = torch.from_numpy(np.stack([_fit(_samples(clip), length) for clip in clips]))
     if rate != config.sample_rate:
-        waves = torchaudio.functional.resample(waves, rate, config.sample_rate)
+        waves = torchaudio.functional.resample(waves, *resampling_rates(rate, config.sample_rate))
     target = round(config.clip_seconds * config.sample_rate)
     return torch.nn.functional.pad(waves, (0, max(0, target - waves.shape[1])))[:, :target]
 
 
-def _pcm16(mono: np.ndarray) -> np.ndarray:
-    """Float samples to 16-bit PCM; NaN and infinite samples (broken float files) become silence."""
+def resampling_rates(orig: int, new: int) -> tuple[int, int]:
+    """The (orig, new) pair to resample with: the exact rates when torchaudio's filter table stays
+    small (every ordinary rate), else the nearest ratio of small terms, so an odd header rate
+    (44,101 Hz, 999,983 Hz) cannot make resampling allocate gigabytes.
+
+    The approximated ratio is off by under 0.2% at worst (3.5 cents of pitch, below what a listener
+    notices), and by about 2e-5 for headers such as 44,101 or 999,983 Hz."""
+    gcd = math.gcd(orig, new)
+    if _filter_entries(orig // gcd, new // gcd) <= MAX_FILTER_ENTRIES:
+        return orig, new
+    ratio = Fraction(max(orig, new), min(orig, new))  # >= 1: its numerator is the larger term
+    approx = ratio.limit_denominator(max(1, MAX_RATIO_TERM // math.ceil(ratio)))
+    larger, smaller = approx.numerator, approx.denominator
+    return (larger, smaller) if orig > new else (smaller, larger)
+
+
+def _filter_entries(orig: int, new: int, zero_crossings: int = 6, rolloff: float = 0.99) -> int:
+    """Size of torchaudio.functional.resample's filter table, [new, orig + 2 * width], for
+    gcd-reduced rates and its default filter settings."""
+    width = math.ceil(zero_crossings * orig / (rolloff * min(orig, new)))
+    return new * (orig + 2 * width)
+
+
+def to_pcm16(mono: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] to 16-bit PCM (pydub's sample format), clipped at full scale; NaN and
+    infinite samples (broken float files) become silence."""
     mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
     return (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
 
@@ -122,7 +182,7 @@ def _decode_with_ffmpeg(path: Path) -> AudioSegment:
     if segment.frame_count() == 0:
         raise AudioError(f"{path}: contains no audio samples")
     samples = np.array(segment.get_array_of_samples(), dtype=np.float32).reshape(-1, segment.channels)
-    pcm = _pcm16(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)))
+    pcm = to_pcm16(samples.mean(axis=1) / (1 << (8 * segment.sample_width - 1)))
     return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=segment.frame_rate, channels=1)
 
 
@@ -141,6 +201,4 @@ def _ffmpeg_available() -> bool:
 def _last_line(error: Exception) -> str:
     """The last line of an error: libsndfile's reason (without its repeat of the path), or
     ffmpeg's after its banner."""
-    text = str(error).strip().splitlines()
-    reason = text[-1] if text else type(error).__name__
-    return re.sub(r"^Error opening .*?: ", "", reason)
+    return re.sub(r"^Error opening .*?: ", "", error_line(error, last=True))

@@ -11,7 +11,7 @@ import numpy as np
 import librosa
 import torch
 
-from genrenet.audio import SAMPLE_WIDTH, AudioSegment
+from genrenet.audio import SAMPLE_WIDTH, AudioSegment, to_pcm16
 
 LOUDNESS_WINDOW_SECONDS = 0.05  # short enough to follow notes and beats, long enough for a stable RMS
 SILENCE_DBFS = -100.0  # floor for silent windows: below 16-bit PCM's quietest non-zero level (-90 dBFS)
@@ -57,7 +57,7 @@ class HandcraftedFeatures:
         window = max(1, round(LOUDNESS_WINDOW_SECONDS * self.sample_rate))
         rows = []
         for clip in y:
-            pcm = (np.clip(clip, -1.0, 1.0) * 32767).astype("<i2")
+            pcm = to_pcm16(clip)
             segment = AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=self.sample_rate,
                                    channels=1)
             starts = range(0, max(1, len(pcm) - window + 1), window)  # whole windows only

@@ -148,7 +148,7 @@ CASES = [
     Case("chmod 000 file", "no_permission.wav", "tone", _unreadable, 1 if READS_UNREADABLE else None,
          "" if READS_UNREADABLE else "cannot read (Permission denied)"),
     Case("dangling symlink", "x.wav", "clicks", _dangling, None, "no such file", in_folder_scan=False),
-    Case("directory named .wav", "y.wav", "noise", _directory, None, "no such file", in_folder_scan=False),
+    Case("directory named .wav", "y.wav", "noise", _directory, None, "not a regular file", in_folder_scan=False),
     Case("non-ASCII name", "Café – Ñandú 音楽.wav", "tone", lambda p: write_tone(p, seconds=1.0), 1),
     Case(f"long file ({LONG_MINUTES} min)", "long_30min.wav", "tone", _long, LONG_MINUTES * 60),
 ]
