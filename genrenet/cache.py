@@ -104,6 +104,8 @@ class _Extraction(torch.utils.data.Dataset):
             return compute_features(self.paths[i], self.config, self.extractor), None
         except UserError as error:
             return None, str(error)
+        except MemoryError:  # a file too large to compute features for is one skipped file, not a crashed run
+            return None, f"{self.paths[i]}: not enough memory to compute its features"
 
 
 def _one_thread(_worker_id):

@@ -9,6 +9,8 @@ import threading
 import warnings
 
 import numpy as np
+from unittest.mock import patch
+
 import pytest
 import torch
 
@@ -133,6 +135,22 @@ def test_cache_skips_a_file_that_runs_out_of_memory(tmp_path, monkeypatch):
     features, failures = cached_features([good, bad], config)
     assert features[0] is not None and features[1] is None
     assert list(failures) == [bad] and str(bad) in failures[bad]
+
+
+def test_cache_skips_a_file_whose_features_run_out_of_memory(tmp_path):
+    good = write_tone(tmp_path / "data" / "a" / "good.wav", sr=SR)
+    big = write_tone(tmp_path / "data" / "a" / "big.wav", sr=SR, seconds=2.0)  # only this one has 4 clips
+    config = tiny_config(tmp_path, tmp_path / "data", data={"on_error": "skip"})
+
+    def extractor(waves):
+        if len(waves) > 2:
+            raise MemoryError
+        return torch.zeros(len(waves), config.features.n_mels, 5, dtype=torch.float16)
+
+    with patch("genrenet.cache.feature_extractor", return_value=extractor):
+        features, failures = cached_features([good, big], config)
+    assert features[0] is not None and features[1] is None
+    assert list(failures) == [big] and "not enough memory" in failures[big]
 
 
 # --- files that are not regular files ----------------------------------------------------------------
