@@ -9,18 +9,16 @@ Each variant is `configs/esc10.yaml` (or --config) with the overrides below, cro
 <runs-dir>/<variant>. A variant whose folds already finished with the same config is kept, with
 the times measured when it was trained, so variants can be run one at a time (or in separate
 processes) and the table printed at the end. Prints the table and writes <runs-dir>/ablation.json.
+Run it from the repository root: the configs' data and cache paths are relative to it.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from table import report  # noqa: E402
-from genrenet.config import load_config  # noqa: E402
-from genrenet.crossval import cross_validate  # noqa: E402
+from table import report
+from genrenet.config import load_config
+from genrenet.crossval import cross_validate
 
 # Variant name -> (what it changes, --set overrides). "full" is the config as it stands.
 VARIANTS = {
@@ -47,8 +45,6 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", default="runs/ablation")
     args = parser.parse_args(argv)
 
-    import os
-    os.chdir(ROOT)  # the configs' data and cache paths are relative to the repository root
     runs_dir = Path(args.runs_dir)
     rows = []
     for name in args.only or list(VARIANTS):

@@ -11,22 +11,20 @@ It runs what the README commands run, with the configs in configs/:
 through the same functions (genrenet.crossval.cross_validate, genrenet.training.train,
 genrenet.evaluation.evaluate), times each, prints a table and writes <runs-dir>/cnn_vs_svm.json.
 Every run is retrained (runs go to --runs-dir, default runs/bench, never to the configs' run.dir).
+Run it from the repository root: the configs' data and cache paths are relative to it.
 """
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from table import report  # noqa: E402
-from genrenet.config import apply_overrides, from_dict, load_config, to_dict  # noqa: E402
-from genrenet.crossval import cross_validate, fold_numbers  # noqa: E402
-from genrenet.evaluation import evaluate  # noqa: E402
-from genrenet.training import train  # noqa: E402
+from table import report
+from genrenet.config import load_config, with_changes
+from genrenet.crossval import cross_validate, fold_numbers
+from genrenet.evaluation import evaluate
+from genrenet.registry import model_entry
+from genrenet.training import train
 
 # The targets for the CNN: ESC-10 5-fold mean >= 92% in <= 30 min on 2 cores; FSDD >= 99.5%.
 BENCHES = {
@@ -37,38 +35,27 @@ BENCHES = {
 }
 
 
-def run_cv(config_path: str, run_dir: Path, quick: bool) -> dict:
-    overrides = [f"run.dir={run_dir}"]
-    config = load_config(ROOT / config_path, overrides)
-    if quick:
-        overrides += ["train.epochs=2", "train.warmup_epochs=0"] if config.model.type == "cnn" else []
-        config = load_config(ROOT / config_path, overrides)
-        return _quick_cv(config)
+def quick(config):
+    """Smoke-test settings: 2 epochs without warm-up for a model trained by steps."""
+    return config if model_entry(config.model.name).fitted else with_changes(config, train={"epochs": 2, "warmup_epochs": 0})
+
+
+def run_cv(config_path: str, run_dir: Path, is_quick: bool) -> dict:
+    config = load_config(config_path, [f"run.dir={run_dir}"])
+    if is_quick:
+        config = quick(config)
     started = time.time()
-    summary = cross_validate(config, overwrite=True)
+    summary = cross_validate(config, overwrite=True, folds=fold_numbers(config)[:2] if is_quick else None)
     seconds = time.time() - started
     return {"model": _title(config), "accuracy": summary["mean_track_accuracy"],
             "std": summary["std_track_accuracy"], "folds": [r["track_accuracy"] for r in summary["folds"]],
             "seconds": seconds}
 
 
-def _quick_cv(config) -> dict:
-    """Like cross_validate, on the first two folds only (a smoke test)."""
-    started, accuracies = time.time(), []
-    for fold in fold_numbers(config)[:2]:
-        fold_config = from_dict(apply_overrides(to_dict(config), [f"data.fold={fold}",
-                                                                  f"run.dir={Path(config.run.dir) / f'fold-{fold}'}"]))
-        train(fold_config, overwrite=True)
-        accuracies.append(evaluate(Path(fold_config.run.dir) / "best.pt", "test")["track"]["accuracy"])
-    return {"model": _title(config), "accuracy": statistics.mean(accuracies), "std": statistics.stdev(accuracies),
-            "folds": accuracies, "seconds": time.time() - started}
-
-
-def run_split(config_path: str, run_dir: Path, quick: bool) -> dict:
-    overrides = [f"run.dir={run_dir}"]
-    config = load_config(ROOT / config_path, overrides)
-    if quick and config.model.type == "cnn":
-        config = load_config(ROOT / config_path, overrides + ["train.epochs=2", "train.warmup_epochs=0"])
+def run_split(config_path: str, run_dir: Path, is_quick: bool) -> dict:
+    config = load_config(config_path, [f"run.dir={run_dir}"])
+    if is_quick:
+        config = quick(config)
     started = time.time()
     train(config, overwrite=True)
     report = evaluate(run_dir / "best.pt", "test")
@@ -79,7 +66,7 @@ def run_split(config_path: str, run_dir: Path, quick: bool) -> dict:
 
 
 def _title(config) -> str:
-    return f"{config.model.name} (cnn)" if config.model.type == "cnn" else config.model.type
+    return config.model.name
 
 
 def fmt_acc(row: dict) -> str:
@@ -96,11 +83,6 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 folds, 2 CNN epochs")
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs_dir)
-    if not runs_dir.is_absolute():
-        runs_dir = ROOT / runs_dir
-
-    import os
-    os.chdir(ROOT)  # the configs' data and cache paths are relative to the repository root
     results = []
     for name in args.datasets:
         bench = BENCHES[name]
