@@ -23,10 +23,13 @@ REQUIRED = {"model_state": dict, "config": dict, "labels": list, "epoch": int}
 
 
 def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict,
-                    training_state: dict | None = None) -> None:
-    """training_state (optimizer, scheduler, progress, RNG) goes into last.pt only, to resume a run."""
+                    split: dict | None = None, training_state: dict | None = None) -> None:
+    """split: the tracks of each split (genrenet.recorded_split); training_state (optimizer,
+    scheduler, progress, RNG) goes into last.pt only, to resume a run."""
     state = {"format": FORMAT, "version": VERSION, "model_state": model_state, "config": config,
              "labels": list(labels), "epoch": epoch, "metrics": metrics}
+    if split is not None:
+        state["split"] = split
     if training_state is not None:
         state["training_state"] = training_state
     atomic_save(state, path)

@@ -8,12 +8,13 @@ line on stderr (see genrenet.errors.cli_entry).
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from genrenet.config import load_config, with_changes
 from genrenet.crossval import cross_validate
 from genrenet.device import resolve_device
 from genrenet.errors import UserError, cli_entry
-from genrenet.evaluation import compare_reports, evaluate, format_report
+from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_report
 from genrenet.prediction import expand_inputs, format_prediction, predict_file, prepare_predictor
 from genrenet.training import Interrupted, resume, train
 
@@ -67,7 +68,12 @@ def evaluate_args(argv=None):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                         help="override a data setting or train.device (repeatable)")
     parser.add_argument("--fold", type=int, help="test fold, for data with a fold column (same as --set data.fold=)")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", metavar="FILE.json",
+                        help="write the report here (default: eval_<checkpoint>_<split>.json beside the checkpoint)")
+    args = parser.parse_args(argv)
+    if args.output and len(args.checkpoint) > 1:
+        parser.error("--output takes one checkpoint; several write a report each beside their checkpoints")
+    return args
 
 
 @cli_entry
@@ -87,7 +93,11 @@ def evaluate_main(argv=None):
             raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
                             "so they cannot be compared side by side")
         print(compare_reports(reports))
-    print("\nreport" + ("s" if len(reports) > 1 else "") + " written to " + ", ".join(r["written_to"] for r in reports))
+    # Printed first, written second: a folder that cannot be written never costs the report.
+    written = [write_report(r, Path(args.output) if args.output else default_report_path(path, args.split))
+               for r, path in zip(reports, args.checkpoint)]
+    if any(written):
+        print("\nwritten to " + ", ".join(str(w) for w in written if w))
     return 0
 
 

@@ -19,7 +19,7 @@ from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, to_dict, with_changes
 from genrenet.datasets import find_tracks
 from genrenet.errors import UserError
-from genrenet.evaluation import evaluate
+from genrenet.evaluation import default_report_path, evaluate, write_report
 from genrenet.training import resume, train
 
 # Written into a fold's folder when the fold was trained in one piece: how long it took.
@@ -44,6 +44,7 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
         started = time.time()
         outcome = _train_fold(fold_config, overwrite)
         report = evaluate(fold_dir / "best.pt", "test")
+        write_report(report, default_report_path(fold_dir / "best.pt", "test"))
         if outcome == "trained":
             seconds = round(time.time() - started, 1)
             (fold_dir / FOLD_TIME).write_text(json.dumps({"seconds": seconds}))

@@ -28,7 +28,11 @@ def cli_entry(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
-            return main(argv)
+            if sys.stdout is None:  # started with stdout closed: every result would be lost without a word
+                raise UserError("standard output is closed, so the results cannot be written")
+            code = main(argv)
+            sys.stdout.flush()  # a full disk or a closed descriptor shows here, not after we said "done"
+            return code
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -39,5 +43,12 @@ def cli_entry(main):
             # The reader is gone; point stdout at devnull so Python's final flush does not fail again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+        except OSError as error:
+            if error.filename is not None:
+                raise  # a file's problem, not the output's
+            print(f"error: could not write the results to standard output ({error.strerror or error})",
+                  file=sys.stderr)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
     return wrapper

@@ -5,6 +5,7 @@ Accuracy comes with a 95% Wilson confidence interval: on a few hundred tracks it
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from genrenet.config import Config, apply_overrides, crop_frames, from_dict, to_
 from genrenet.datasets import find_tracks, load_split, split_tracks
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
+from genrenet.recorded_split import recorded_tracks
 from genrenet.scores import clip_log_probs, per_clip, track_log_probs
 from genrenet.trained import load_model
 
@@ -40,7 +42,7 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] = ()) -> dict:
-    """Score a checkpoint on one split of its data; returns the report (also written as JSON)."""
+    """Score a checkpoint on one split of its data: the report (write_report saves it as JSON)."""
     checkpoint = Path(checkpoint)
     trained = load_model(checkpoint)
     model, labels, state = trained.model, trained.labels, trained.checkpoint
@@ -48,7 +50,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     device = resolve_device(config.train.device)
     model.to(device)
 
-    tracks = split_tracks(find_tracks(config.data, min_classes=1), config.data)[split]
+    tracks, split_source = tracks_to_evaluate(state.get("split"), config, split)
     if not tracks:
         raise UserError(f"the {split} split has no tracks")
     unknown = sorted({t.label for t in tracks} - set(labels))
@@ -64,15 +66,45 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     clip_pred = torch.cat(clip_scores).argmax(dim=1).tolist()
     track_pred = track_log_probs(clip_scores).argmax(dim=1).tolist()
     report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": config.model.name,
-              "data": config.data.path, "track_aggregation": "mean of clip log-probabilities",
+              "data": config.data.path, "split_source": split_source,
+              "track_aggregation": "mean of clip log-probabilities",
               "clip": classification_metrics(clip_true, clip_pred, labels),
               "track": classification_metrics(data.targets, track_pred, labels),
               "tracks": [{"path": str(t.path), "label": t.label, "predicted": labels[p]}
                          for t, p in zip(data.tracks, track_pred)]}
-    out = checkpoint.parent / f"eval_{checkpoint.stem}_{split}.json"
-    out.write_text(json.dumps(report, indent=2))
-    report["written_to"] = str(out)
     return report
+
+
+def tracks_to_evaluate(recorded: dict | None, config: Config, split: str) -> tuple[list, str]:
+    """The split's tracks and where they come from: the split recorded at training whenever it
+    applies, so files added or deleted since then never move a track between splits."""
+    found = find_tracks(config.data, min_classes=1)
+    if recorded is None:
+        note = "drawn again from the files on disk (the checkpoint records no split)"
+        print(f"note: the {split} split is {note}", file=sys.stderr)
+        return split_tracks(found, config.data)[split], note
+    tracks = recorded_tracks(recorded, found, config.data, split)
+    if tracks is not None:
+        return tracks, "recorded at training"
+    note = f"drawn from {config.data.path}, which is not the data this model was trained and tested on"
+    print(f"note: the {split} split is {note} (or other split settings were given)", file=sys.stderr)
+    return split_tracks(found, config.data)[split], note
+
+
+def write_report(report: dict, path: Path) -> Path | None:
+    """The report as JSON; a folder that cannot be written is one warning, never a lost report."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+    except OSError as error:
+        print(f"warning: could not write the report to {path} ({error.strerror or error}); "
+              "pass --output FILE to write it elsewhere", file=sys.stderr)
+        return None
+    return path
+
+
+def default_report_path(checkpoint: str | Path, split: str) -> Path:
+    return Path(checkpoint).parent / f"eval_{Path(checkpoint).stem}_{split}.json"
 
 
 def format_report(report: dict) -> str:

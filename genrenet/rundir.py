@@ -1,8 +1,9 @@
 """The one writer of a run directory, shared by every way of training.
 
-A run directory holds the resolved config (config.yaml), one JSON line of metrics per epoch
-(metrics.jsonl), best.pt (the model chosen by validation) and last.pt (the latest epoch, with
-everything needed to continue the run).
+A run directory holds the resolved config (config.yaml), the tracks of each split
+(split.json), one JSON line of metrics per epoch (metrics.jsonl), best.pt (the model chosen by
+validation) and last.pt (the latest epoch, with everything needed to continue the run). Both
+checkpoints carry the split too, so evaluation uses the tracks the model was tested on.
 """
 
 import json
@@ -17,14 +18,15 @@ from genrenet.config import Config, to_dict
 
 
 class RunWriter:
-    def __init__(self, run_dir: Path, config: Config, labels: list[str]):
-        self.dir, self.config, self.labels = Path(run_dir), config, list(labels)
+    def __init__(self, run_dir: Path, config: Config, labels: list[str], split: dict):
+        self.dir, self.config, self.labels, self.split = Path(run_dir), config, list(labels), split
         self.metrics_log = self.dir / "metrics.jsonl"
 
     def start(self) -> None:
         """A fresh run: the resolved config and an empty metrics log."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        (self.dir / "split.json").write_text(json.dumps(self.split, indent=1))
         self.metrics_log.write_text("")
 
     def keep_epochs(self, completed: int) -> None:
@@ -50,4 +52,4 @@ class RunWriter:
         """A checkpoint of the model; training_state (to resume the run) goes into last.pt only."""
         save_checkpoint(self.dir / name, model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
                         config=to_dict(self.config), labels=self.labels, epoch=epoch, metrics=metrics,
-                        training_state=training_state)
+                        split=self.split, training_state=training_state)

@@ -23,10 +23,11 @@ from tqdm import tqdm
 from genrenet.augment import SpectrogramAugment, mixup
 from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, crop_frames, from_dict
-from genrenet.datasets import ClipDataset, SplitData, Track, find_tracks, labels_of, load_split, split_tracks
+from genrenet.datasets import SPLITS, ClipDataset, SplitData, Track, find_tracks, labels_of, load_split, split_tracks
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
 from genrenet.models import count_parameters
+from genrenet.recorded_split import record_split, recorded_tracks
 from genrenet.registry import build_model, features_of, model_entry
 from genrenet.rundir import RunWriter
 from genrenet.scores import per_clip, split_scores
@@ -60,6 +61,7 @@ class TrainingData:
     train: SplitData
     valid: Optional[SplitData]  # None: no validation split, best.pt is the final epoch
     test_tracks: list[Track]
+    split_record: dict  # every track of every split, for the run directory and checkpoints
 
 
 @dataclass
@@ -136,9 +138,20 @@ def build_augment(config: Config) -> torch.nn.Module:
                               shift_frames=round(aug.time_shift_seconds * frames_per_second))
 
 
-def prepare_data(config: Config) -> TrainingData:
+def draw_splits(config: Config, recorded: Optional[dict]) -> dict[str, list[Track]]:
+    """The splits of a new run, or, when resuming, the recorded splits of the run as they are on disk."""
+    found = find_tracks(config.data)
+    if recorded is None:
+        return split_tracks(found, config.data)
+    splits = {name: recorded_tracks(recorded, found, config.data, name, strict=True) for name in SPLITS}
+    if any(tracks is None for tracks in splits.values()):
+        raise UserError(f"cannot continue the run: none of its recorded tracks are at data.path '{config.data.path}'")
+    return splits
+
+
+def prepare_data(config: Config, recorded: Optional[dict] = None) -> TrainingData:
     """Labels and the features of each split, with every check done before long work."""
-    splits = split_tracks(find_tracks(config.data), config.data)
+    splits = draw_splits(config, recorded)
     # data.valid_fraction: 0 trains on every non-test track, with no validation: best.pt is then the final epoch.
     validating = bool(splits["valid"]) or config.data.valid_fraction > 0
     if not splits["valid"] and validating:
@@ -157,7 +170,7 @@ def prepare_data(config: Config) -> TrainingData:
     if unreadable:  # every training file of these classes failed to decode and was skipped
         raise UserError(f"class(es) with no readable training track: {', '.join(unreadable)} "
                         "(all of their training files were skipped as unreadable)")
-    return TrainingData(labels, train_data, valid_data, splits["test"])
+    return TrainingData(labels, train_data, valid_data, splits["test"], record_split(splits, config.data))
 
 
 def print_data_summary(data: TrainingData) -> None:
@@ -194,10 +207,10 @@ def resume(run_dir: str | Path) -> Path:
 def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) -> Path:
     """The training loop of models trained by gradient steps."""
     device = resolve_device(config.train.device)
-    data = prepare_data(config)
+    data = prepare_data(config, recorded=resume_state.get("split") if resume_state else None)
     print_data_summary(data)
     learner = build_learner(config, data, device)
-    writer = RunWriter(run_dir, config, data.labels)
+    writer = RunWriter(run_dir, config, data.labels, data.split_record)
     if resume_state is None:
         state = RunState()
         writer.start()
@@ -301,9 +314,7 @@ def take_step(learner: Learner, config: Config, n_classes: int, index: torch.Ten
         logits = learner.model(x)["logits"]
     loss = torch.nn.functional.cross_entropy(logits.float(), target, label_smoothing=config.train.label_smoothing)
     if not torch.isfinite(loss):
-        raise UserError(f"training diverged in epoch {state.epoch}: the loss became {loss.item()}; the likely cause "
-                        f"is a learning rate too high for this data (train.lr={config.train.lr:g}): lower it and "
-                        "start again; best.pt and last.pt keep the last good epoch")
+        raise diverged(config, state.epoch, f"the loss became {loss.item()}")
     learner.optimizer.zero_grad(set_to_none=True)
     learner.scaler.scale(loss).backward()
     learner.scaler.step(learner.optimizer)
@@ -314,10 +325,18 @@ def take_step(learner: Learner, config: Config, n_classes: int, index: torch.Ten
     state.correct += (logits.argmax(dim=1) == y).sum().item()
 
 
+def diverged(config: Config, epoch: int, what: str) -> UserError:
+    return UserError(f"training diverged in epoch {epoch}: {what}; the likely cause is a learning rate too high for "
+                     f"this data (train.lr={config.train.lr:g}): lower it and start again; best.pt and last.pt keep "
+                     "the last good epoch")
+
+
 def end_epoch(learner: Learner, config: Config, data: TrainingData, state: RunState, writer: RunWriter,
               started: float) -> None:
     """Validate, log, keep the best model, decide on early stopping, and save last.pt."""
     epoch = state.epoch
+    if not all(torch.isfinite(p).all() for p in learner.model.parameters()):  # the last step's update overflowed
+        raise diverged(config, epoch, "the weights hold NaN or infinite values")
     row = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1),
            "train_acc": state.correct / max(state.seen, 1), "lr": learner.scheduler.get_last_lr()[0]}
     if data.valid is not None:
@@ -375,7 +394,7 @@ def fit_once(config: Config, run_dir: Path) -> Path:
     if data.valid is not None:
         row.update({f"valid_{k}": v for k, v in split_scores(model, data.valid.features, data.valid.targets,
                                                              "cpu").items()})
-    writer = RunWriter(run_dir, config, data.labels)
+    writer = RunWriter(run_dir, config, data.labels, data.split_record)
     writer.start()
     writer.log(row)
     writer.save("best.pt", model, 1, row)

@@ -11,7 +11,7 @@ LAYERS = [  # top to bottom; a module may import its own layer (without cycles) 
     ("entry points", {"cli", "__main__", "__init__"}),
     ("commands", {"training", "crossval", "evaluation", "prediction", "export"}),
     ("stages", {"audio", "features", "handcrafted", "cache", "store", "datasets", "augment", "models", "classic",
-                "scores", "catalog", "trained", "demo_data", "classifier"}),
+                "scores", "catalog", "trained", "demo_data", "classifier", "recorded_split"}),
     ("utilities", {"errors", "registry", "config", "fileio", "checkpoint", "device", "rundir", "runlock"}),
 ]
 # Imports inside functions are for heavy optional libraries only (librosa through genrenet.handcrafted).
