@@ -1,6 +1,9 @@
 """Files written so that a crash never leaves half of one: a temp file in the same folder, then a rename."""
 
+import glob
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -8,10 +11,16 @@ import torch
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file.
+
+    Several processes may save the same path at once (runs sharing a feature cache): each writes its
+    own temp file, and the last rename wins with a whole file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's host and pid in the name let a later save tell a killed writer's leftover from
+    # a write still in flight in another process.
+    prefix = f".{path.name}.{safe_hostname()}.{os.getpid()}."
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
@@ -21,5 +30,37 @@ def atomic_save(obj, path: str | Path) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(path)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temp files of `path` whose writer was killed mid-write: those of a dead process on
+    this host, and those named before temp names carried their writer. Writers on other hosts
+    cannot be checked, so their temp files stay."""
+    prefix, host = f".{path.name}.", safe_hostname()
+    for temp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        writer = re.fullmatch(r"(.*)\.(\d+)\.[^.]+", temp.name[len(prefix):-len(".tmp")])
+        if writer and (writer[1] != host or process_alive(int(writer[2]))):
+            continue
+        temp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one owned by another user counts too)."""
+    if os.name == "nt":
+        return True  # os.kill would end it there; keeping a leftover file is the harmless side
+    if pid <= 0:
+        return False  # kill(0 or negative) would ask about a whole process group
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def safe_hostname() -> str:
+    """This host's name, reduced to characters that are safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())
+

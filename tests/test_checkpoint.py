@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, tiny_config
-from genrenet.fileio import atomic_save
 from genrenet.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from genrenet.config import from_dict, to_dict
 from genrenet.errors import UserError
+from genrenet.fileio import atomic_save, safe_hostname
 from genrenet.registry import build_model
 from genrenet.trained import load_model
 
@@ -74,6 +74,23 @@ def test_atomic_save_failure_keeps_old_file_and_no_temp(tmp_path):
         atomic_save({"a": Unpicklable()}, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(3))
+
+
+def test_atomic_save_removes_only_temp_files_whose_writer_is_gone(tmp_path):
+    """A save clears what killed writers left, never a temp file another process is still writing."""
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    host = safe_hostname()
+    target = tmp_path / "x.pt"
+    dead = tmp_path / f".x.pt.{host}.{finished.pid}.ab12cd34.tmp"
+    older_naming = tmp_path / ".x.pt.k1ll3d.tmp"  # named before temp names carried their writer
+    live = tmp_path / f".x.pt.{host}.{os.getppid()}.ab12cd34.tmp"
+    elsewhere = tmp_path / f".x.pt.other-host.{finished.pid}.ab12cd34.tmp"  # cannot be checked from here
+    other_file = tmp_path / ".y.pt.k1ll3d.tmp"
+    for temp in (dead, older_naming, live, elsewhere, other_file):
+        temp.write_bytes(b"half a file")
+    atomic_save({"a": torch.arange(3)}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.pt", live.name, elsewhere.name, other_file.name])
 
 
 class Payload:
