@@ -16,12 +16,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Generate data/demo, train the built-in demo config, evaluate, predict 7 unseen songs.
 demo: setup
-	$(BIN)/python -m genrenet.demo_data data/demo
-	$(BIN)/python train.py --config configs/demo.yaml --overwrite
-	$(BIN)/python evaluate.py --checkpoint runs/demo/best.pt
-	$(BIN)/python -m genrenet.demo_data data/demo-unseen --tracks-per-genre 1 --seed 2026
-	$(BIN)/python predict.py --checkpoint runs/demo/best.pt data/demo-unseen
+	$(BIN)/genrenet demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,3 +1,10 @@
 """genrenet: music-genre recognition and audio classification on mel spectrograms."""
 
-from genrenet import catalog  # noqa: F401  registers the built-in models and feature kinds
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("genrenet")
+except PackageNotFoundError:  # a source tree used without installing it
+    __version__ = "0+unknown"
+
+from genrenet import catalog  # noqa: E402,F401  registers the built-in models and feature kinds

@@ -7,6 +7,7 @@ types and out-of-range values are errors that name the key (and the closest vali
 import dataclasses
 import difflib
 import hashlib
+from importlib import resources
 import json
 from pathlib import Path
 import os
@@ -214,10 +215,19 @@ def with_changes(config: Config, **sections: dict) -> Config:
     return from_dict(raw, source="derived config")
 
 
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped inside the package (genrenet/configs/NAME.yaml)."""
+    return sorted(f.name.removesuffix(".yaml") for f in (resources.files("genrenet") / "configs").iterdir()
+                  if f.name.endswith(".yaml"))
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
+    if not path.is_file() and path.name == str(path):  # no such file; a bare name may be a built-in config
+        builtin = resources.files("genrenet") / "configs" / (path.name.removesuffix(".yaml") + ".yaml")
+        path = builtin if builtin.is_file() else path
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"config file not found: {path} (built-in configs: {', '.join(builtin_configs())})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

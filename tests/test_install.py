@@ -1,0 +1,82 @@
+"""genrenet as a user gets it: built and installed (not editable) into a fresh virtual environment,
+then train -> evaluate -> predict with the `genrenet` command from a folder outside the repository.
+
+Nothing is downloaded: the new environment sees the dependencies already installed here through
+a .pth file, and genrenet is built without build isolation, with the setuptools installed here.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
+
+def run(*command, cwd, check=True):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing may point back at the repo
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def new_venv(folder: Path) -> Path:
+    """A virtual environment whose site-packages ends in a .pth naming this interpreter's site-packages.
+
+    Paths in a .pth are appended after the environment's own site-packages, and .pth files inside
+    them are not processed: the editable genrenet installed here stays invisible there."""
+    run(sys.executable, "-m", "venv", "--without-pip", folder, cwd=folder.parent)
+    python = folder / "bin" / "python"
+    site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=folder).stdout.strip())
+    shared = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (site / "shared-dependencies.pth").write_text("\n".join(shared) + "\n")
+    return python
+
+
+def source_copy(folder: Path) -> Path:
+    """What a build needs, copied: setuptools writes build/ and *.egg-info into the folder it builds."""
+    folder.mkdir()
+    shutil.copy(REPO_ROOT / "pyproject.toml", folder)
+    shutil.copy(REPO_ROOT / "README.md", folder)
+    shutil.copytree(REPO_ROOT / "genrenet", folder / "genrenet", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def test_installed_package_trains_evaluates_predicts_outside_the_repo(tmp_path):
+    setuptools = importlib.metadata.version("setuptools")
+    if int(setuptools.split(".")[0]) < 77:
+        pytest.fail(f"setuptools {setuptools} cannot build genrenet without downloading a newer one; "
+                    "install the dev extra (make setup, or pip install -e '.[dev]')")
+    python = new_venv(tmp_path / "venv")
+    src = source_copy(tmp_path / "src")
+    run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+        "--ignore-installed", src, cwd=tmp_path)
+    genrenet = tmp_path / "venv" / "bin" / "genrenet"
+    work = tmp_path / "work"  # outside the repository, and no configs/ folder here
+    data = make_class_folder(work / "data", per_class=4)
+    write_config(work / "tiny.yaml", tiny_config_dict(work, data, train={"epochs": 2}))
+
+    where = run(python, "-c", "import genrenet; from genrenet.config import load_config; "
+                "print(genrenet.__file__); print(load_config('demo').run.dir)", cwd=work).stdout.split()
+    assert Path(where[0]).resolve().is_relative_to((tmp_path / "venv").resolve()), where[0]  # the built package, not the editable one
+    assert where[1] == "runs/demo"  # a built-in config, by name, from the installed package data
+
+    run(genrenet, "train", "--config", "tiny.yaml", cwd=work)
+    assert (work / "run" / "best.pt").is_file()
+    evaluated = run(genrenet, "evaluate", "--checkpoint", "run/best.pt", cwd=work)
+    assert "report written to" in evaluated.stdout and (work / "run" / "eval_best_test.json").is_file()
+    predicted = run(genrenet, "predict", "--checkpoint", "run/best.pt", "data", "--json", cwd=work)
+    assert len(json.loads(predicted.stdout)) == 12
+
+    version = re.search(r'^version = "(.+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert run(genrenet, "--version", cwd=work).stdout.strip() == f"genrenet {version}"
+    assert run(python, "-m", "genrenet", "--help", cwd=work).stdout.startswith("usage: genrenet")
+    missing = run(genrenet, "train", "--config", "nope", cwd=work, check=False)
+    assert missing.returncode == 2 and "built-in configs: demo, esc10" in missing.stderr
