@@ -8,6 +8,10 @@ torch.load(weights_only=True) reads back as plain data.
 
 from typing import Literal, Optional, Union
 
+import json
+import zipfile
+import zlib
+
 import numpy as np
 import skops.io
 import torch
@@ -113,10 +117,12 @@ def to_bytes(model: Pipeline) -> bytes:
 
 def from_bytes(data: bytes) -> Pipeline:
     """A model written by to_bytes; anything holding other types is refused before it is built."""
+    if not len(data):
+        raise UserError(f"not a readable classic model ({DAMAGED}: it is empty)")
     try:
         found = skops.io.get_untrusted_types(data=bytes(data))
     except Exception as error:
-        raise UserError(f"not a readable classic model ({error_line(error)})") from None
+        raise _unreadable(error) from None
     unexpected = [name for name in found if name not in ALLOWED_TYPES]
     if unexpected:
         raise UserError(f"refusing to load classic model: it contains type '{unexpected[0]}', "
@@ -124,9 +130,32 @@ def from_bytes(data: bytes) -> Pipeline:
     try:
         model = skops.io.loads(bytes(data), trusted=found)
     except Exception as error:
-        raise UserError(f"not a readable classic model ({error_line(error)})") from None
+        raise _unreadable(error) from None
     _check_structure(model)
     return model
+
+
+DAMAGED = "its stored scikit-learn model is damaged"
+
+
+def _unreadable(error: Exception) -> UserError:
+    """The one-line error for bytes skops cannot read: damaged bytes say so, in words that do not
+    send the user after pickles or zip tools; anything else keeps the library's own line."""
+    if _from_numpy_reader(error):  # an array member holds garbage (numpy then speaks of pickled data)
+        return UserError(f"not a readable classic model ({DAMAGED}: an array in it is not readable)")
+    if isinstance(error, (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError,
+                          KeyError)):
+        return UserError(f"not a readable classic model ({DAMAGED}: {error_line(error)})")
+    return UserError(f"not a readable classic model ({error_line(error)})")
+
+
+def _from_numpy_reader(error: Exception) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith("numpy.lib"):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def clip_log_probs(model: Pipeline, features: list[torch.Tensor], num_classes: int) -> list[torch.Tensor]:

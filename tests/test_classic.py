@@ -3,6 +3,7 @@
 import io
 import os
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -152,3 +153,27 @@ def test_refuses_a_foreign_estimator_inside_the_calibration(fitted):
     with pytest.raises(UserError, match=r"calibrated_classifiers_\[0\]\.estimator' holds a LogisticRegression"):
         from_bytes(skops.io.dumps(model))
 
+
+def rezip(data: bytes, change) -> bytes:
+    """The skops archive with every member's bytes passed through change(name, bytes)."""
+    source, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, change(name, source.read(name)))
+    return out.getvalue()
+
+
+def test_damaged_bytes_say_the_model_is_damaged(fitted):
+    """Not a zip error or numpy's 'pickled (object) data' advice: one line saying the model is damaged."""
+    good = to_bytes(fitted["svm"])
+    noise = np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes()
+    damaged = {"random": noise, "truncated": good[:len(good) // 2], "empty": b"",
+               "garbage arrays": rezip(good, lambda name, d: noise[:len(d)] if name.endswith(".npy") else d),
+               "garbage schema": rezip(good, lambda name, d: noise[:len(d)] if name == "schema.json" else d),
+               "cut schema": rezip(good, lambda name, d: d[:len(d) // 2] if name == "schema.json" else d)}
+    for what, data in damaged.items():
+        with pytest.raises(UserError) as caught:
+            from_bytes(data)
+        message = str(caught.value)
+        assert message.startswith("not a readable classic model (its stored scikit-learn model is damaged: "), what
+        assert "\n" not in message and "pickle" not in message, what

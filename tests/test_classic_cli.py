@@ -147,3 +147,25 @@ def test_svm_fits_few_shot_data(tmp_path, capsys, tracks, note):
         assert len(prediction["top"]) == 3
         assert sum(t["probability"] for t in prediction["top"]) == pytest.approx(1.0, abs=1e-3)
 
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_damaged_classic_model_is_one_clear_line(trained, tmp_path, damage):
+    """Garbage in the stored scikit-learn model reads as damage, prefixed by the checkpoint path."""
+    import torch
+
+    from genrenet.errors import UserError
+    from genrenet.trained import load_model
+
+    _, runs = trained
+    state = load_checkpoint(runs["svm"] / "best.pt")
+    blob = state["model_state"]["sklearn"]
+    state["model_state"]["sklearn"] = (torch.randint(0, 256, blob.shape, dtype=torch.uint8,
+                                                     generator=torch.Generator().manual_seed(0))
+                                       if damage == "random" else blob[:len(blob) // 2].clone())
+    path = tmp_path / f"{damage}.pt"
+    torch.save(state, path)
+    with pytest.raises(UserError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable classic model (its stored scikit-learn model is damaged: ")
+    assert "\n" not in message
