@@ -8,11 +8,17 @@ torch.load(weights_only=True) reads back as plain data.
 
 from typing import Literal, Optional, Union
 
+import json
+import zipfile
+import zlib
+
 import numpy as np
 import skops.io
 import torch
-from sklearn.calibration import CalibratedClassifierCV
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -37,15 +43,17 @@ class ClassicSettings:
     rf_trees: int = Field(300, gt=0, le=100_000)
     rf_max_depth: Optional[int] = Field(None, gt=0)
 MIN_PROBABILITY = 1e-7  # floor before the log: a class the model rules out must not become -inf
-CALIBRATION_FOLDS = 5
+CALIBRATION_FOLDS = 5  # at most; fewer when the smallest class has fewer training clips (see fit_classifier)
 
-# Types inside the models built here that skops does not trust by default: a forest's trees
-# and the SVM's probability calibration. Everything else in them (the Pipeline, scaler, SVC,
-# forest, numpy arrays and dtypes) is on skops' own trusted list.
+# Types inside the models built here that skops does not trust by default: a forest's trees,
+# the SVM's probability calibration and, when a class has a single training clip, the frozen SVC
+# that calibration wraps. Everything else in them (the Pipeline, scaler, SVC, forest, numpy
+# arrays and dtypes) is on skops' own trusted list.
 ALLOWED_TYPES = frozenset({
     "sklearn.tree._tree.Tree",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    "sklearn.frozen._frozen.FrozenEstimator",
 })
 STEP_TYPES = {"scale": StandardScaler, "svm": CalibratedClassifierCV, "random_forest": RandomForestClassifier}
 PLAIN = (str, int, float, bool, type(None), np.generic)
@@ -53,18 +61,54 @@ PLAIN = (str, int, float, bool, type(None), np.generic)
 
 def build_classifier(kind: str, *, svm_c: float = 10.0, svm_kernel: str = "rbf", svm_gamma: str | float = "scale",
                      rf_trees: int = 300, rf_max_depth: int | None = None, standardize: bool = True,
-                     seed: int = 0) -> Pipeline:
-    """An unfitted Pipeline: optional standardization, then an SVM or random forest with predict_proba."""
+                     seed: int = 0, calibration_folds: int = CALIBRATION_FOLDS) -> Pipeline:
+    """An unfitted Pipeline: optional standardization, then an SVM or random forest with predict_proba.
+
+    Its .fit needs calibration_folds training clips of every class for the SVM; fit_classifier
+    picks the folds from the data and also fits a class with a single clip."""
     if kind == "svm":
-        # Platt-scaled probabilities from 5-fold cross-validation, as SVC(probability=True) does;
+        # Platt-scaled probabilities from k-fold cross-validation, as SVC(probability=True) does;
         # scikit-learn 1.9 deprecates that flag in favour of exactly this wrapper.
         step = CalibratedClassifierCV(SVC(C=svm_c, kernel=svm_kernel, gamma=svm_gamma), method="sigmoid",
-                                      cv=CALIBRATION_FOLDS, ensemble=False)
+                                      cv=calibration_folds, ensemble=False)
     elif kind == "random_forest":
         step = RandomForestClassifier(n_estimators=rf_trees, max_depth=rf_max_depth, n_jobs=-1, random_state=seed)
     else:
         raise UserError(f"unknown classic model '{kind}' (expected one of: {', '.join(KINDS)})")
     return Pipeline(([("scale", StandardScaler())] if standardize else []) + [(kind, step)])
+
+
+def fit_classifier(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> Optional[str]:
+    """Fit a pipeline of build_classifier in place; returns a line saying how the SVM's probability
+    calibration was adapted to few clips per class, or None when it was not.
+
+    Cross-validated calibration needs as many clips of every class as there are folds: the folds
+    drop from CALIBRATION_FOLDS to the smallest class's clip count, and a class with one clip
+    (few-shot data) leaves no fold to hold out, so the SVC fitted on every clip is calibrated on
+    those same clips (Platt's smoothed targets keep that from claiming certainty).
+    """
+    kind, calibrated = pipeline.steps[-1]
+    counts = np.unique(y, return_counts=True)[1]
+    smallest = int(counts.min()) if len(counts) else 0
+    if kind != "svm" or len(counts) < 2 or smallest >= calibrated.cv:
+        pipeline.fit(x, y)
+        return None
+    clips = f"{smallest} training clip{'s' if smallest > 1 else ''}"
+    if smallest >= 2:
+        calibrated.set_params(cv=smallest)
+        pipeline.fit(x, y)
+        return (f"svm: probability calibration with {smallest}-fold cross-validation "
+                f"(the smallest class has {clips})")
+    scaled = pipeline[:-1].fit_transform(x, y) if len(pipeline) > 1 else x
+    svc = clone(calibrated.estimator).fit(scaled, y)
+    # A frozen estimator is not refitted, so the one split below (calibrate on every clip) is all
+    # cross_val_predict needs; cv goes back to a plain value so the stored model holds no index lists.
+    everything = np.arange(len(y))
+    calibrated.set_params(estimator=FrozenEstimator(svc), cv=[(everything, everything)])
+    calibrated.fit(scaled, y)
+    calibrated.set_params(cv=None)
+    return (f"svm: probability calibration on the training clips themselves, without cross-validation "
+            f"(the smallest class has {clips}, none to hold out)")
 
 
 def to_bytes(model: Pipeline) -> bytes:
@@ -73,10 +117,12 @@ def to_bytes(model: Pipeline) -> bytes:
 
 def from_bytes(data: bytes) -> Pipeline:
     """A model written by to_bytes; anything holding other types is refused before it is built."""
+    if not len(data):
+        raise UserError(f"not a readable classic model ({DAMAGED}: it is empty)")
     try:
         found = skops.io.get_untrusted_types(data=bytes(data))
     except Exception as error:
-        raise UserError(f"not a readable classic model ({error_line(error)})") from None
+        raise _unreadable(error) from None
     unexpected = [name for name in found if name not in ALLOWED_TYPES]
     if unexpected:
         raise UserError(f"refusing to load classic model: it contains type '{unexpected[0]}', "
@@ -84,9 +130,32 @@ def from_bytes(data: bytes) -> Pipeline:
     try:
         model = skops.io.loads(bytes(data), trusted=found)
     except Exception as error:
-        raise UserError(f"not a readable classic model ({error_line(error)})") from None
+        raise _unreadable(error) from None
     _check_structure(model)
     return model
+
+
+DAMAGED = "its stored scikit-learn model is damaged"
+
+
+def _unreadable(error: Exception) -> UserError:
+    """The one-line error for bytes skops cannot read: damaged bytes say so, in words that do not
+    send the user after pickles or zip tools; anything else keeps the library's own line."""
+    if _from_numpy_reader(error):  # an array member holds garbage (numpy then speaks of pickled data)
+        return UserError(f"not a readable classic model ({DAMAGED}: an array in it is not readable)")
+    if isinstance(error, (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError,
+                          KeyError)):
+        return UserError(f"not a readable classic model ({DAMAGED}: {error_line(error)})")
+    return UserError(f"not a readable classic model ({error_line(error)})")
+
+
+def _from_numpy_reader(error: Exception) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith("numpy.lib"):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def clip_log_probs(model: Pipeline, features: list[torch.Tensor], num_classes: int) -> list[torch.Tensor]:
@@ -130,9 +199,11 @@ class ClassicModel(torch.nn.Module):
                                     rf_trees=s.rf_trees, rf_max_depth=s.rf_max_depth, standardize=s.standardize,
                                     seed=seed)
         try:
-            pipeline.fit(features.reshape(len(features), -1).double().numpy(), targets.numpy())
-        except ValueError as error:  # e.g. too few clips of a class for the SVM's probability calibration
+            note = fit_classifier(pipeline, features.reshape(len(features), -1).double().numpy(), targets.numpy())
+        except ValueError as error:  # e.g. a single class in the training clips
             raise UserError(f"cannot fit {s.name}: {error_line(error)}") from None
+        if note:
+            print(note)
         self.pipeline = pipeline
         self.sklearn = torch.frombuffer(bytearray(to_bytes(pipeline)), dtype=torch.uint8)
 
@@ -159,7 +230,22 @@ def _check_structure(model) -> None:
     for name, step in model.steps:
         _check_estimator(name, step, STEP_TYPES[name])
         if name == "svm":
-            _check_estimator("svm.estimator", step.estimator, SVC)
+            _check_svc("svm.estimator", step.estimator)
+            for i, pair in enumerate(getattr(step, "calibrated_classifiers_", [])):  # what predict_proba runs
+                where = f"svm.calibrated_classifiers_[{i}]"
+                if type(pair) is not _CalibratedClassifier:
+                    raise UserError(f"refusing to load classic model: '{where}' holds a {type(pair).__name__}")
+                _check_svc(f"{where}.estimator", pair.estimator)
+                for calibrator in pair.calibrators:
+                    _check_estimator(f"{where}.calibrators", calibrator, _SigmoidCalibration)
+
+
+def _check_svc(where: str, estimator) -> None:
+    """An SVC, or (a class with a single training clip) an SVC in a FrozenEstimator."""
+    if type(estimator) is FrozenEstimator:
+        _check_estimator(where, estimator, FrozenEstimator)
+        where, estimator = f"{where}.estimator", estimator.estimator
+    _check_estimator(where, estimator, SVC)
 
 
 def _check_estimator(where: str, estimator, cls) -> None:

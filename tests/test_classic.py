@@ -2,6 +2,8 @@
 
 import io
 import os
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from conftest import CLASSES, SR, class_signal
-from genrenet.classic import build_classifier, clip_log_probs, from_bytes, to_bytes
+from genrenet.classic import build_classifier, clip_log_probs, fit_classifier, from_bytes, to_bytes
 from genrenet.errors import UserError
 from genrenet.handcrafted import HandcraftedFeatures
 
@@ -124,3 +126,54 @@ def test_clip_log_probs_keeps_columns_of_unseen_classes(dataset):
     assert (scores[:, [1, 3]] < np.log(1e-6)).all()
     with pytest.raises(UserError, match="only 2 labels"):
         clip_log_probs(model, [x[:2]], num_classes=2)
+
+
+@pytest.mark.parametrize("per_class, note", [(1, "on the training clips themselves.*has 1 training clip,"),
+                                             (2, "with 2-fold cross-validation .*has 2 training clips"),
+                                             (3, "with 3-fold cross-validation .*has 3 training clips"),
+                                             (5, None)])
+def test_svm_calibration_adapts_to_few_clips_per_class(dataset, per_class, note):
+    """Few-shot data: 5-fold calibration used to refuse any class with fewer than 5 training clips."""
+    (x, y), (test_x, test_y) = dataset
+    keep = np.concatenate([np.flatnonzero(y == label)[:per_class] for label in np.unique(y)])
+    model = build_classifier("svm")
+    said = fit_classifier(model, x.numpy()[keep], y[keep])
+    assert said is None if note is None else re.search(note, said) and "\n" not in said
+    loaded = from_bytes(to_bytes(model))
+    probabilities = loaded.predict_proba(test_x.numpy())
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    assert (probabilities.argmax(axis=1) == test_y).mean() >= 0.9
+    assert np.array_equal(probabilities, model.predict_proba(test_x.numpy()))
+
+
+def test_refuses_a_foreign_estimator_inside_the_calibration(fitted):
+    """predict_proba runs the calibration's own fitted copies, so they are checked too, not only the template."""
+    model = from_bytes(to_bytes(fitted["svm"]))
+    model[-1].calibrated_classifiers_[0].estimator = LogisticRegression()
+    with pytest.raises(UserError, match=r"calibrated_classifiers_\[0\]\.estimator' holds a LogisticRegression"):
+        from_bytes(skops.io.dumps(model))
+
+
+def rezip(data: bytes, change) -> bytes:
+    """The skops archive with every member's bytes passed through change(name, bytes)."""
+    source, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, change(name, source.read(name)))
+    return out.getvalue()
+
+
+def test_damaged_bytes_say_the_model_is_damaged(fitted):
+    """Not a zip error or numpy's 'pickled (object) data' advice: one line saying the model is damaged."""
+    good = to_bytes(fitted["svm"])
+    noise = np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes()
+    damaged = {"random": noise, "truncated": good[:len(good) // 2], "empty": b"",
+               "garbage arrays": rezip(good, lambda name, d: noise[:len(d)] if name.endswith(".npy") else d),
+               "garbage schema": rezip(good, lambda name, d: noise[:len(d)] if name == "schema.json" else d),
+               "cut schema": rezip(good, lambda name, d: d[:len(d) // 2] if name == "schema.json" else d)}
+    for what, data in damaged.items():
+        with pytest.raises(UserError) as caught:
+            from_bytes(data)
+        message = str(caught.value)
+        assert message.startswith("not a readable classic model (its stored scikit-learn model is damaged: "), what
+        assert "\n" not in message and "pickle" not in message, what

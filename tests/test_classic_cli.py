@@ -119,3 +119,53 @@ def test_tampered_classic_model_is_refused(trained, tmp_path):
     result = run("evaluate.py", "--checkpoint", path)
     assert result.returncode == 2
     assert "refusing to load classic model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("tracks, note", [(4, "svm: probability calibration with 3-fold cross-validation "
+                                              "(the smallest class has 3 training clips)"),
+                                          (2, "svm: probability calibration on the training clips themselves")])
+def test_svm_fits_few_shot_data(tmp_path, capsys, tracks, note):
+    """Few clips per class (few-shot subsets such as 48 ESC-50 classes) train, evaluate and predict;
+    the SVM's 5-fold probability calibration used to refuse them."""
+    from conftest import tiny_config_dict
+    from genrenet.config import from_dict
+    from genrenet.evaluation import evaluate
+    from genrenet.prediction import predict_file, prepare_predictor
+    from genrenet.training import train
+
+    data = make_class_folder(tmp_path / "data", per_class=tracks, seconds=0.5)  # one 0.5 s clip per track
+    raw = tiny_config_dict(tmp_path, data, data={"test_fraction": 0.25 if tracks == 4 else 0.5,
+                                                 "valid_fraction": 0.0})
+    raw["model"] = {"name": "svm"}
+    run_dir = train(from_dict(raw))
+    assert note in capsys.readouterr().out
+    report = evaluate(run_dir / "best.pt")
+    assert report["track"]["n"] == 3
+    predictor = prepare_predictor(run_dir / "best.pt", "cpu")
+    for sample in sorted(data.glob("*/*.wav")):
+        prediction = predict_file(sample, predictor)
+        assert len(prediction["top"]) == 3
+        assert sum(t["probability"] for t in prediction["top"]) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_damaged_classic_model_is_one_clear_line(trained, tmp_path, damage):
+    """Garbage in the stored scikit-learn model reads as damage, prefixed by the checkpoint path."""
+    import torch
+
+    from genrenet.errors import UserError
+    from genrenet.trained import load_model
+
+    _, runs = trained
+    state = load_checkpoint(runs["svm"] / "best.pt")
+    blob = state["model_state"]["sklearn"]
+    state["model_state"]["sklearn"] = (torch.randint(0, 256, blob.shape, dtype=torch.uint8,
+                                                     generator=torch.Generator().manual_seed(0))
+                                       if damage == "random" else blob[:len(blob) // 2].clone())
+    path = tmp_path / f"{damage}.pt"
+    torch.save(state, path)
+    with pytest.raises(UserError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable classic model (its stored scikit-learn model is damaged: ")
+    assert "\n" not in message
