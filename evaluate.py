@@ -2,7 +2,10 @@
 
 import sys
 
-from genrenet.cli import evaluate_main as main
+try:
+    from genrenet.cli import evaluate_main as main
+except KeyboardInterrupt:  # Ctrl-C while PyTorch and friends load: no traceback
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

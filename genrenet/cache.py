@@ -8,6 +8,7 @@ so an edited audio file is recomputed too.
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -26,12 +27,18 @@ class FeatureCache:
         self.dir = Path(config.data.cache_dir) / preprocessing_key(config)
         self.kind = features_of(config)
         self.width = self.kind.width(config)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        settings = self.dir / "settings.json"
-        if not settings.exists():  # for people browsing the cache folder
-            full = to_dict(config)
-            settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"],
-                                            "kind": self.kind.name}, indent=2))
+        self.writable = True
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            settings = self.dir / "settings.json"
+            if not settings.exists():  # for people browsing the cache folder
+                full = to_dict(config)
+                settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"],
+                                                "kind": self.kind.name}, indent=2))
+        except OSError as error:  # found before decoding: a read-only warm cache still serves what it holds
+            self.writable = False
+            print(f"warning: the feature cache {self.dir} cannot be written ({error.strerror or error}); "
+                  "features it lacks are computed but not kept", file=sys.stderr)
 
     def entry(self, audio_path: Path) -> Path:
         stat = Path(audio_path).stat()
@@ -52,7 +59,14 @@ class FeatureCache:
         return None
 
     def store(self, audio_path: Path, features: torch.Tensor) -> None:
-        atomic_save({"features": features}, self.entry(audio_path))
+        if not self.writable:
+            return
+        try:
+            atomic_save({"features": features}, self.entry(audio_path))
+        except OSError as error:  # a full disk: go on without caching rather than lose the run
+            self.writable = False
+            print(f"warning: stopped writing the feature cache {self.dir} ({error.strerror or error})",
+                  file=sys.stderr)
 
 
 def feature_extractor(config: Config):

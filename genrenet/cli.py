@@ -14,7 +14,7 @@ from genrenet import __version__, demo_data
 from genrenet.config import builtin_configs, load_config, with_changes
 from genrenet.crossval import cross_validate
 from genrenet.device import resolve_device
-from genrenet.errors import UserError, cli_entry
+from genrenet.errors import UserError, cli_entry, one_line
 from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_report
 from genrenet.prediction import expand_inputs, format_prediction, predict_file, prepare_predictor
 from genrenet.training import Interrupted, resume, train
@@ -131,7 +131,7 @@ def run_predict(argv=None, prog=None):
             result = predict_file(path, predictor, args.top_k)
         except UserError as error:  # one bad file must not stop the others
             failed += 1
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(str(error))}", file=sys.stderr)
             results.append({"file": str(path), "error": str(error)})
             continue
         if not args.segments:

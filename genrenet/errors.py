@@ -21,6 +21,11 @@ def error_line(error: BaseException, last: bool = False, limit: int = 200) -> st
     return text[:limit]
 
 
+def one_line(text: str) -> str:
+    """Text kept on one line: a newline inside a file name is shown as \\n, not as a line break."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def cli_entry(main):
     """Wrap a `main(argv)` so UserError prints one line and exits 2, Ctrl-C exits 130, and output
     piped into a reader that stops early (`| head`) ends quietly."""
@@ -34,7 +39,7 @@ def cli_entry(main):
             sys.stdout.flush()  # a full disk or a closed descriptor shows here, not after we said "done"
             return code
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(str(error))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -26,6 +26,7 @@ def atomic_save(obj, path: str | Path) -> None:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes 0600; a saved file gets the usual mode
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -43,6 +44,12 @@ def remove_stale_temps(path: Path) -> None:
         if writer and (writer[1] != host or process_alive(int(writer[2]))):
             continue
         temp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def process_alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ import torch
 from genrenet.audio import AUDIO_EXTENSIONS
 from genrenet.cache import compute_features, feature_extractor
 from genrenet.config import crop_frames
+from genrenet.errors import one_line
 from genrenet.scores import clip_log_probs, track_log_probs
 from genrenet.trained import TrainedModel, load_model
 
@@ -57,7 +58,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 
 def format_prediction(result: dict, segments: bool) -> str:
-    lines = [result["file"]]
+    lines = [one_line(result["file"])]  # a newline in a file name must not start a new line
     width = max(len(t["label"]) for t in result["top"])
     lines += [f"  {rank}. {t['label']:<{width}}  {t['probability']:.3f}" for rank, t in enumerate(result["top"], 1)]
     if segments:

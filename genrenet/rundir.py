@@ -6,8 +6,10 @@ validation) and last.pt (the latest epoch, with everything needed to continue th
 checkpoints carry the split too, so evaluation uses the tracks the model was tested on.
 """
 
+import contextlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,19 +17,36 @@ import yaml
 
 from genrenet.checkpoint import save_checkpoint
 from genrenet.config import Config, to_dict
+from genrenet.errors import UserError
+
+
+# What a run writes; with --overwrite, the files of the run being replaced.
+RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "best.pt", "last.pt")
 
 
 class RunWriter:
     def __init__(self, run_dir: Path, config: Config, labels: list[str], split: dict):
         self.dir, self.config, self.labels, self.split = Path(run_dir), config, list(labels), split
         self.metrics_log = self.dir / "metrics.jsonl"
+        self.previous = self.dir / "previous"
 
-    def start(self) -> None:
-        """A fresh run: the resolved config and an empty metrics log."""
+    def start(self, keep_previous: bool) -> None:
+        """A fresh run: the resolved config, its split and an empty metrics log.
+
+        keep_previous: a run already in the folder (--overwrite) is moved into previous/ and
+        deleted only once this run saved its first best.pt, so a run killed early never leaves
+        the old best.pt beside the new config."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        (self.dir / "split.json").write_text(json.dumps(self.split, indent=1))
-        self.metrics_log.write_text("")
+        old = [self.dir / name for name in RUN_FILES if (self.dir / name).exists()] + sorted(self.dir.glob("eval_*.json"))
+        if keep_previous and old:
+            shutil.rmtree(self.previous, ignore_errors=True)
+            self.previous.mkdir()
+            for path in old:
+                path.replace(self.previous / path.name)
+            print(f"--overwrite: the previous run is kept in {self.previous} until this run's first epoch is saved")
+        self._write("config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        self._write("split.json", json.dumps(self.split, indent=1))
+        self._write("metrics.jsonl", "")
 
     def keep_epochs(self, completed: int) -> None:
         """On resume: drop metric lines of epochs the checkpoint does not include (and a half-written last line)."""
@@ -44,12 +63,29 @@ class RunWriter:
     def log(self, row: dict) -> None:
         # NaN and infinity are not JSON: a non-finite value is written as null.
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-        with open(self.metrics_log, "a") as log:
+        with self._reporting_disk_errors(self.metrics_log), open(self.metrics_log, "a") as log:
             log.write(json.dumps(clean, allow_nan=False) + "\n")
 
     def save(self, name: str, model: torch.nn.Module, epoch: int, metrics: dict,
              training_state: dict | None = None) -> None:
         """A checkpoint of the model; training_state (to resume the run) goes into last.pt only."""
-        save_checkpoint(self.dir / name, model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        config=to_dict(self.config), labels=self.labels, epoch=epoch, metrics=metrics,
-                        split=self.split, training_state=training_state)
+        with self._reporting_disk_errors(self.dir / name):
+            save_checkpoint(self.dir / name, model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                            config=to_dict(self.config), labels=self.labels, epoch=epoch, metrics=metrics,
+                            split=self.split, training_state=training_state)
+        if name == "best.pt":
+            shutil.rmtree(self.previous, ignore_errors=True)  # this run now has a model of its own
+
+    def _write(self, name: str, text: str) -> None:
+        with self._reporting_disk_errors(self.dir / name):
+            (self.dir / name).write_text(text)
+
+    @contextlib.contextmanager
+    def _reporting_disk_errors(self, path: Path):
+        """A full disk or a lost folder is one line that says what is kept and how to go on."""
+        try:
+            yield
+        except OSError as error:
+            raise UserError(f"could not write {path} ({error.strerror or error}); the last good checkpoint is "
+                            f"kept: free space in {self.dir}, then continue with: python train.py --resume "
+                            f"{self.dir}") from None

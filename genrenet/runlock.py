@@ -35,7 +35,15 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
-        """Create the lock, taking over a stale one; UserError when a live run holds it."""
+        """Create the lock, taking over a stale one; UserError when a live run holds it, or when the
+        folder cannot be written (found here, before any long work)."""
+        try:
+            self._acquire()
+        except OSError as error:
+            raise UserError(f"run folder {self.run_dir} cannot be written ({error.strerror or error}); "
+                            "choose another with --set run.dir=PATH") from None
+
+    def _acquire(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started": datetime.now().astimezone().isoformat(timespec="seconds")}

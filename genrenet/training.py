@@ -25,11 +25,12 @@ from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, crop_frames, from_dict
 from genrenet.datasets import SPLITS, ClipDataset, SplitData, Track, find_tracks, labels_of, load_split, split_tracks
 from genrenet.device import resolve_device
-from genrenet.errors import UserError
+from genrenet.errors import UserError, error_line
 from genrenet.models import count_parameters
 from genrenet.recorded_split import record_split, recorded_tracks
 from genrenet.registry import build_model, features_of, model_entry
 from genrenet.rundir import RunWriter
+from genrenet.runlock import RunLock
 from genrenet.scores import per_clip, split_scores
 
 
@@ -183,25 +184,31 @@ def print_data_summary(data: TrainingData) -> None:
 def train(config: Config, overwrite: bool = False) -> Path:
     """Train as the config says and return the run directory."""
     run_dir = Path(config.run.dir)
-    if (run_dir / "best.pt").exists() and not overwrite:
-        raise UserError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
-                        f"--resume {run_dir} to continue it, or choose another folder with --set run.dir=PATH")
-    if model_entry(config.model.name).fitted:
-        return fit_once(config, run_dir)
-    return fit_by_steps(config, run_dir, resume_state=None)
+    with RunLock(run_dir):  # one run directory, one writer; also finds an unwritable run.dir before long work
+        if (run_dir / "best.pt").exists() and not overwrite:
+            raise UserError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
+                            f"--resume {run_dir} to continue it, or choose another folder with --set run.dir=PATH")
+        if model_entry(config.model.name).fitted:
+            return fit_once(config, run_dir)
+        return fit_by_steps(config, run_dir, resume_state=None)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a run from its last.pt (after a crash, a kill or Ctrl-C) to its planned end."""
-    run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / "last.pt")
-    if "training_state" not in state:
-        raise UserError(f"{run_dir / 'last.pt'} holds no training state to resume from")
-    config = from_dict(state["config"], source=f"{run_dir / 'last.pt'} (stored config)")
-    if state["training_state"]["finished"]:
-        print(f"{run_dir} already finished its {state['epoch']} epochs; nothing to resume")
-        return run_dir
-    return fit_by_steps(config, run_dir, resume_state=state)
+    run_dir, last = Path(run_dir), Path(run_dir) / "last.pt"
+    if run_dir.is_dir() and not last.exists():
+        raise UserError(f"{run_dir} holds no last.pt: the run stopped before its first checkpoint; "
+                        "start it again with --config")
+    with RunLock(run_dir):
+        state = load_checkpoint(last)
+        training_state = state.get("training_state")
+        if not isinstance(training_state, dict) or "finished" not in training_state:
+            raise UserError(f"{last} holds no training state to resume from")
+        config = from_dict(state["config"], source=f"{last} (stored config)")
+        if training_state["finished"]:
+            print(f"{run_dir} already finished its {state['epoch']} epochs; nothing to resume")
+            return run_dir
+        return fit_by_steps(config, run_dir, resume_state=state)
 
 
 def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) -> Path:
@@ -213,7 +220,7 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) ->
     writer = RunWriter(run_dir, config, data.labels, data.split_record)
     if resume_state is None:
         state = RunState()
-        writer.start()
+        writer.start(keep_previous=True)
         save_last(writer, learner, state, epoch=0, metrics={})  # resumable even if killed in the first epoch
     else:
         state = restore(learner, resume_state)
@@ -255,12 +262,16 @@ def build_learner(config: Config, data: TrainingData, device: torch.device) -> L
 def restore(learner: Learner, saved: dict) -> RunState:
     """Weights, optimizer, schedule and progress of a run from its last.pt."""
     training_state = saved["training_state"]
-    learner.model.load_state_dict(saved["model_state"])
-    learner.optimizer.load_state_dict(training_state["optimizer"])
-    learner.scheduler.load_state_dict(training_state["scheduler"])
-    learner.scaler.load_state_dict(training_state["scaler"])
-    learner.resumed_rng = {"cpu": training_state["rng"], "cuda": training_state.get("cuda_rng")}
-    return RunState.from_checkpoint(training_state)
+    try:
+        learner.model.load_state_dict(saved["model_state"])
+        learner.optimizer.load_state_dict(training_state["optimizer"])
+        learner.scheduler.load_state_dict(training_state["scheduler"])
+        learner.scaler.load_state_dict(training_state["scaler"])
+        learner.resumed_rng = {"cpu": training_state["rng"], "cuda": training_state.get("cuda_rng")}
+        return RunState.from_checkpoint(training_state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise UserError(f"last.pt of this run holds a damaged training state ({type(error).__name__}: "
+                        f"{error_line(error)}); start the run again with --config (best.pt is unaffected)") from None
 
 
 def save_last(writer: RunWriter, learner: Learner, state: RunState, epoch: int, metrics: dict) -> None:
@@ -395,7 +406,7 @@ def fit_once(config: Config, run_dir: Path) -> Path:
         row.update({f"valid_{k}": v for k, v in split_scores(model, data.valid.features, data.valid.targets,
                                                              "cpu").items()})
     writer = RunWriter(run_dir, config, data.labels, data.split_record)
-    writer.start()
+    writer.start(keep_previous=False)  # written only now, with the model already fitted
     writer.log(row)
     writer.save("best.pt", model, 1, row)
     writer.save("last.pt", model, 1, row, training_state={"finished": True})
