@@ -218,12 +218,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({error_line(error)})") from None
-    if isinstance(raw, dict):  # a section whose keys are all commented out reads as None
-        raw = {section: {} if values is None else values for section, values in raw.items()}
+    raw = read_yaml(path)
     return from_dict(apply_overrides(raw, overrides), source=str(path))
 
 
@@ -313,3 +308,101 @@ def _unknown_key_hint(location: list[str], section: Optional[type], model: str) 
     if owners:
         return f": it is a setting of {', '.join(owners)}, not of {model} (whose keys are {', '.join(names)})"
     return f" ({model} takes {', '.join(names)})"
+
+
+# A config holds a few dozen settings; a YAML file whose aliases expand past this many nodes is
+# an alias bomb ("billion laughs"), refused before anything copies or validates the expansion.
+# Aliases themselves stay allowed (clip_seconds: &c 3 / hop_seconds: *c is a fair use).
+MAX_YAML_NODES = 10_000
+
+
+def read_yaml(path: Path) -> dict:
+    """The sections of a YAML config file as plain data; any problem with the file is one UserError line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the config file ({error.strerror or error_line(error)})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+                        f"save the config as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_ConfigLoader)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error_line(error)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
+    if raw is None:  # an empty file, or one whose lines are all comments
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, audio, features, model, augment, train, run), "
+                        f"got {_yaml_kind(raw)}")
+    return {section: {} if values is None else values for section, values in raw.items()}  # all keys commented out
+
+
+def _yaml_kind(value) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    return f"{type(value).__name__} {value!r}"[:60]
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses alias bombs and duplicate keys, and keeps dates as text."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merge keys (<<) may be overridden; a non-scalar key is refused by SafeLoader itself
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' on line {key_node.start_mark.line + 1} "
+                        f"(first on line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, sizes: dict, open_nodes: set) -> int:
+    """The number of nodes `node` stands for once every alias is expanded; raises past MAX_YAML_NODES
+    or on an alias that refers to itself (which no plain config needs)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it", node.start_mark)
+    open_nodes.add(id(node))
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)",
+                node.start_mark)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+# A date-like value (run.dir: 2024-01-01) is a folder name here, not a datetime; sets and binary
+# data have no place in a config (and would not survive the copy of the settings).
+def _refuse_tag(loader, node):
+    raise yaml.constructor.ConstructorError(None, None, f"{node.tag} values are not allowed in a config",
+                                            node.start_mark)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+for _tag in ("set", "binary", "omap", "pairs"):
+    _ConfigLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
