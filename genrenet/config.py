@@ -10,7 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 import os
-from typing import Any, Literal, Optional
+import re
+import types
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -20,7 +22,23 @@ from genrenet.errors import UserError, error_line
 from genrenet.registry import features_of, model_entry, MODELS
 
 # Unknown keys are errors; so are inf and nan, which pass a range check but break the pipeline.
+# Booleans and quoted text where a number belongs (epochs: true, epochs: "3") are refused before
+# validation by _number_problems (pydantic's own strict mode would also refuse a section given
+# as a mapping, which is what a YAML file gives).
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+# Upper bounds on sizes that would exhaust memory (or hang) before any other check could fail.
+MAX_SECONDS = 600.0  # audio.clip_seconds, audio.hop_seconds: 10 minutes per clip
+MAX_SAMPLE_RATE = 384_000
+MAX_FFT = 65_536  # features.n_fft, win_length, hop_length
+MAX_MELS = 1024
+MAX_BATCH = 8192
+MAX_WORKERS = 256
+
+
+def _home(value: str) -> str:
+    """A path setting with ~ expanded, as a shell would, so every user of the config sees the real folder."""
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
 @dataclass(config=STRICT)
@@ -34,8 +52,10 @@ class DataConfig:
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
     cache_dir: str = "cache"
-    num_workers: int = Field(0, ge=0)  # processes decoding audio into the cache
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes decoding audio into the cache
     on_error: Literal["skip", "fail"] = "skip"  # what an unreadable file does to a run
+
+    _expand_home = field_validator("path", "cache_dir")(_home)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -47,14 +67,14 @@ class DataConfig:
 
 @dataclass(config=STRICT)
 class AudioConfig:
-    sample_rate: int = Field(22050, gt=0)
+    sample_rate: int = Field(22050, gt=0, le=MAX_SAMPLE_RATE)
     normalize: Literal["peak", "off"] = "peak"
     peak_dbfs: float = Field(-1.0, le=0.0)  # peak level after normalization
     strip_silence: bool = False
     silence_dbfs: float = Field(-50.0, lt=0.0)  # quieter than this counts as silence
     min_silence_ms: int = Field(1000, gt=0)  # shorter pauses are kept
-    clip_seconds: float = Field(3.0, gt=0.0)
-    hop_seconds: float = Field(3.0, gt=0.0)  # start-to-start distance between clips
+    clip_seconds: float = Field(3.0, gt=0.0, le=MAX_SECONDS)
+    hop_seconds: float = Field(3.0, gt=0.0, le=MAX_SECONDS)  # start-to-start distance between clips
 
     @field_validator("normalize", mode="before")
     @classmethod
@@ -71,10 +91,10 @@ class AudioConfig:
 
 @dataclass(config=STRICT)
 class FeatureConfig:
-    n_fft: int = Field(1024, gt=0)
-    win_length: Optional[int] = Field(None, gt=0)  # None: n_fft
-    hop_length: int = Field(512, gt=0)
-    n_mels: int = Field(128, gt=0)
+    n_fft: int = Field(1024, gt=0, le=MAX_FFT)
+    win_length: Optional[int] = Field(None, gt=0, le=MAX_FFT)  # None: n_fft
+    hop_length: int = Field(512, gt=0, le=MAX_FFT)
+    n_mels: int = Field(128, gt=0, le=MAX_MELS)
     f_min: float = Field(0.0, ge=0.0)
     f_max: Optional[float] = Field(None, gt=0.0)  # None: sample_rate / 2
     power: float = Field(2.0, gt=0.0)
@@ -111,7 +131,7 @@ class AugmentConfig:
 @dataclass(config=STRICT)
 class TrainConfig:
     epochs: int = Field(30, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0.0)  # peak learning rate of AdamW
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -127,6 +147,8 @@ class TrainConfig:
 class RunConfig:
     dir: str = "runs/default"
 
+    _expand_home = field_validator("dir")(_home)
+
 
 @dataclass(config=STRICT)
 class Config:
@@ -139,6 +161,17 @@ class Config:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, raw):
+        if isinstance(raw, dict):
+            sections = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "model"}
+            problems = [p for name, values in raw.items() if name in sections
+                        for p in _number_problems(values, sections[name], name)]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return raw
 
     @field_validator("model", mode="before")
     @classmethod
@@ -186,10 +219,40 @@ def model_settings(raw) -> Any:
     if name not in MODELS:
         raise ValueError(f"model.name '{name}' is not a known model (choose from {', '.join(sorted(MODELS))})")
     settings = model_entry(name).settings
+    problems = _number_problems(raw, settings, "model")
+    if problems:
+        raise ValueError("; ".join(problems))
     try:
         return TypeAdapter(settings).validate_python(raw)
     except ValidationError as error:
         raise ValueError("; ".join(_describe(e, ["model"], settings, name) for e in error.errors())) from None
+
+
+def _value_kinds(annotation) -> set:
+    """The Python types a field's annotation admits: Literal values' types, each member of a Union."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    if origin in (Union, types.UnionType):
+        return set().union(*(_value_kinds(member) for member in get_args(annotation)))
+    return {annotation}
+
+
+def _number_problems(values, section: type, prefix: str) -> list[str]:
+    """A line for each boolean or text value given for a number setting of `section`. Pydantic's lax
+    mode would take true as 1 and "3" as 3; in a config they are mistakes (epochs: yes, epochs: "3")."""
+    if not isinstance(values, dict) or not dataclasses.is_dataclass(section):
+        return []
+    problems = []
+    kinds = {f.name: _value_kinds(f.type) for f in dataclasses.fields(section)}
+    for name, value in values.items():
+        allowed = kinds.get(name, set())
+        if not allowed & {int, float} or not isinstance(value, (bool, str)) or type(value) in allowed:
+            continue
+        expected = "a number" if float in allowed else "a whole number"
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        problems.append(f"{prefix}.{name}: expected {expected}, got {shown}")
+    return problems
 
 
 def to_dict(config: Config) -> dict:
@@ -239,7 +302,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raw[section][name] = value
             continue
         try:
-            raw[section][name] = yaml.safe_load(value) if value.strip() else None
+            raw[section][name] = yaml.load(value, Loader=_ConfigLoader) if value.strip() else None
         except yaml.YAMLError:
             raw[section][name] = value
     return raw
@@ -404,5 +467,9 @@ def _refuse_tag(loader, node):
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+# YAML 1.1 (PyYAML) reads 1e-3 and 3e-4 as text, having no dot; every user means a number.
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789."))
 for _tag in ("set", "binary", "omap", "pairs"):
     _ConfigLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
