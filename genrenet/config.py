@@ -11,7 +11,9 @@ from importlib import resources
 import json
 from pathlib import Path
 import os
-from typing import Any, Literal, Optional
+import re
+import types
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -21,7 +23,23 @@ from genrenet.errors import UserError, error_line
 from genrenet.registry import features_of, model_entry, MODELS
 
 # Unknown keys are errors; so are inf and nan, which pass a range check but break the pipeline.
+# Booleans and quoted text where a number belongs (epochs: true, epochs: "3") are refused before
+# validation by _number_problems (pydantic's own strict mode would also refuse a section given
+# as a mapping, which is what a YAML file gives).
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+# Upper bounds on sizes that would exhaust memory (or hang) before any other check could fail.
+MAX_SECONDS = 600.0  # audio.clip_seconds, audio.hop_seconds: 10 minutes per clip
+MAX_SAMPLE_RATE = 384_000
+MAX_FFT = 65_536  # features.n_fft, win_length, hop_length
+MAX_MELS = 1024
+MAX_BATCH = 8192
+MAX_WORKERS = 256
+
+
+def _home(value: str) -> str:
+    """A path setting with ~ expanded, as a shell would, so every user of the config sees the real folder."""
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
 @dataclass(config=STRICT)
@@ -35,8 +53,10 @@ class DataConfig:
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
     cache_dir: str = "cache"
-    num_workers: int = Field(0, ge=0)  # processes decoding audio into the cache
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes decoding audio into the cache
     on_error: Literal["skip", "fail"] = "skip"  # what an unreadable file does to a run
+
+    _expand_home = field_validator("path", "cache_dir")(_home)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -48,14 +68,14 @@ class DataConfig:
 
 @dataclass(config=STRICT)
 class AudioConfig:
-    sample_rate: int = Field(22050, gt=0)
+    sample_rate: int = Field(22050, gt=0, le=MAX_SAMPLE_RATE)
     normalize: Literal["peak", "off"] = "peak"
     peak_dbfs: float = Field(-1.0, le=0.0)  # peak level after normalization
     strip_silence: bool = False
     silence_dbfs: float = Field(-50.0, lt=0.0)  # quieter than this counts as silence
     min_silence_ms: int = Field(1000, gt=0)  # shorter pauses are kept
-    clip_seconds: float = Field(3.0, gt=0.0)
-    hop_seconds: float = Field(3.0, gt=0.0)  # start-to-start distance between clips
+    clip_seconds: float = Field(3.0, gt=0.0, le=MAX_SECONDS)
+    hop_seconds: float = Field(3.0, gt=0.0, le=MAX_SECONDS)  # start-to-start distance between clips
 
     @field_validator("normalize", mode="before")
     @classmethod
@@ -72,10 +92,10 @@ class AudioConfig:
 
 @dataclass(config=STRICT)
 class FeatureConfig:
-    n_fft: int = Field(1024, gt=0)
-    win_length: Optional[int] = Field(None, gt=0)  # None: n_fft
-    hop_length: int = Field(512, gt=0)
-    n_mels: int = Field(128, gt=0)
+    n_fft: int = Field(1024, gt=0, le=MAX_FFT)
+    win_length: Optional[int] = Field(None, gt=0, le=MAX_FFT)  # None: n_fft
+    hop_length: int = Field(512, gt=0, le=MAX_FFT)
+    n_mels: int = Field(128, gt=0, le=MAX_MELS)
     f_min: float = Field(0.0, ge=0.0)
     f_max: Optional[float] = Field(None, gt=0.0)  # None: sample_rate / 2
     power: float = Field(2.0, gt=0.0)
@@ -112,7 +132,7 @@ class AugmentConfig:
 @dataclass(config=STRICT)
 class TrainConfig:
     epochs: int = Field(30, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0.0)  # peak learning rate of AdamW
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -128,6 +148,8 @@ class TrainConfig:
 class RunConfig:
     dir: str = "runs/default"
 
+    _expand_home = field_validator("dir")(_home)
+
 
 @dataclass(config=STRICT)
 class Config:
@@ -140,6 +162,17 @@ class Config:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, raw):
+        if isinstance(raw, dict):
+            sections = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "model"}
+            problems = [p for name, values in raw.items() if name in sections
+                        for p in _number_problems(values, sections[name], name)]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return raw
 
     @field_validator("model", mode="before")
     @classmethod
@@ -187,10 +220,40 @@ def model_settings(raw) -> Any:
     if name not in MODELS:
         raise ValueError(f"model.name '{name}' is not a known model (choose from {', '.join(sorted(MODELS))})")
     settings = model_entry(name).settings
+    problems = _number_problems(raw, settings, "model")
+    if problems:
+        raise ValueError("; ".join(problems))
     try:
         return TypeAdapter(settings).validate_python(raw)
     except ValidationError as error:
         raise ValueError("; ".join(_describe(e, ["model"], settings, name) for e in error.errors())) from None
+
+
+def _value_kinds(annotation) -> set:
+    """The Python types a field's annotation admits: Literal values' types, each member of a Union."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    if origin in (Union, types.UnionType):
+        return set().union(*(_value_kinds(member) for member in get_args(annotation)))
+    return {annotation}
+
+
+def _number_problems(values, section: type, prefix: str) -> list[str]:
+    """A line for each boolean or text value given for a number setting of `section`. Pydantic's lax
+    mode would take true as 1 and "3" as 3; in a config they are mistakes (epochs: yes, epochs: "3")."""
+    if not isinstance(values, dict) or not dataclasses.is_dataclass(section):
+        return []
+    problems = []
+    kinds = {f.name: _value_kinds(f.type) for f in dataclasses.fields(section)}
+    for name, value in values.items():
+        allowed = kinds.get(name, set())
+        if not allowed & {int, float} or not isinstance(value, (bool, str)) or type(value) in allowed:
+            continue
+        expected = "a number" if float in allowed else "a whole number"
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        problems.append(f"{prefix}.{name}: expected {expected}, got {shown}")
+    return problems
 
 
 def to_dict(config: Config) -> dict:
@@ -228,12 +291,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         path = builtin if builtin.is_file() else path
     if not path.is_file():
         raise UserError(f"config file not found: {path} (built-in configs: {', '.join(builtin_configs())})")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({error_line(error)})") from None
-    if isinstance(raw, dict):  # a section whose keys are all commented out reads as None
-        raw = {section: {} if values is None else values for section, values in raw.items()}
+    raw = read_yaml(path)
     return from_dict(apply_overrides(raw, overrides), source=str(path))
 
 
@@ -254,7 +312,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raw[section][name] = value
             continue
         try:
-            raw[section][name] = yaml.safe_load(value) if value.strip() else None
+            raw[section][name] = yaml.load(value, Loader=_ConfigLoader) if value.strip() else None
         except yaml.YAMLError:
             raw[section][name] = value
     return raw
@@ -323,3 +381,105 @@ def _unknown_key_hint(location: list[str], section: Optional[type], model: str) 
     if owners:
         return f": it is a setting of {', '.join(owners)}, not of {model} (whose keys are {', '.join(names)})"
     return f" ({model} takes {', '.join(names)})"
+
+
+# A config holds a few dozen settings; a YAML file whose aliases expand past this many nodes is
+# an alias bomb ("billion laughs"), refused before anything copies or validates the expansion.
+# Aliases themselves stay allowed (clip_seconds: &c 3 / hop_seconds: *c is a fair use).
+MAX_YAML_NODES = 10_000
+
+
+def read_yaml(path: Path) -> dict:
+    """The sections of a YAML config file as plain data; any problem with the file is one UserError line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the config file ({error.strerror or error_line(error)})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+                        f"save the config as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_ConfigLoader)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error_line(error)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
+    if raw is None:  # an empty file, or one whose lines are all comments
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, audio, features, model, augment, train, run), "
+                        f"got {_yaml_kind(raw)}")
+    return {section: {} if values is None else values for section, values in raw.items()}  # all keys commented out
+
+
+def _yaml_kind(value) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    return f"{type(value).__name__} {value!r}"[:60]
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses alias bombs and duplicate keys, and keeps dates as text."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merge keys (<<) may be overridden; a non-scalar key is refused by SafeLoader itself
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' on line {key_node.start_mark.line + 1} "
+                        f"(first on line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, sizes: dict, open_nodes: set) -> int:
+    """The number of nodes `node` stands for once every alias is expanded; raises past MAX_YAML_NODES
+    or on an alias that refers to itself (which no plain config needs)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it", node.start_mark)
+    open_nodes.add(id(node))
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)",
+                node.start_mark)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+# A date-like value (run.dir: 2024-01-01) is a folder name here, not a datetime; sets and binary
+# data have no place in a config (and would not survive the copy of the settings).
+def _refuse_tag(loader, node):
+    raise yaml.constructor.ConstructorError(None, None, f"{node.tag} values are not allowed in a config",
+                                            node.start_mark)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+# YAML 1.1 (PyYAML) reads 1e-3 and 3e-4 as text, having no dot; every user means a number.
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789."))
+for _tag in ("set", "binary", "omap", "pairs"):
+    _ConfigLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)

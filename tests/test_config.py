@@ -245,3 +245,85 @@ def test_preprocessing_key_ignores_other_settings(override):
 def test_preprocessing_key_is_stable():
     assert key_with("audio.sample_rate=16000") == key_with("audio.sample_rate=16000")
     assert key_with("audio.clip_seconds=4") == key_with("audio.clip_seconds=4.0")
+
+
+# --- no silent coercion: booleans and text where numbers belong ------------------------------------
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.epochs=true", "train.epochs: expected a whole number, got true"),
+    ("train.epochs='3'", "train.epochs: expected a whole number, got '3'"),
+    ("train.lr=yes", "train.lr: expected a number, got true"),
+    ("train.lr='0.1'", "train.lr: expected a number, got '0.1'"),
+    ("audio.sample_rate=off", "audio.sample_rate: expected a whole number, got false"),
+    ("data.fold='2'", "data.fold: expected a whole number, got '2'"),
+    ("model.width=true", "model.width: expected a whole number, got true"),
+    ("model.dropout='0.1'", "model.dropout: expected a number, got '0.1'"),
+])
+def test_booleans_and_text_are_not_numbers_via_set(override, expected):
+    assert expected in error_of(overrides=[override])
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("train:\n  epochs: true\n", "train.epochs: expected a whole number, got true"),
+    ("train:\n  epochs: \"3\"\n", "train.epochs: expected a whole number, got '3'"),
+    ("features:\n  top_db: '60'\n", "features.top_db: expected a number, got '60'"),
+    ("model:\n  name: svm\n  svm_c: on\n", "model.svm_c: expected a number, got true"),
+])
+def test_booleans_and_text_are_not_numbers_in_yaml(tmp_path, text, expected):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    message = error_of(path=path)
+    assert message.startswith(f"{path}: ") and expected in message, message
+
+
+def test_numbers_and_choices_still_validate():
+    config = from_dict(apply_overrides({}, ["train.lr=1", "audio.clip_seconds=2", "audio.hop_seconds=1",
+                                            "audio.normalize=off", "features.top_db=", "train.amp=false"]))
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)  # an int is a fine float
+    assert config.audio.clip_seconds == 2.0 and config.audio.normalize == "off"
+    assert config.features.top_db is None and config.train.amp is False
+    svm = from_dict(apply_overrides({}, ["model.name=svm", "model.svm_gamma=auto", "model.svm_c=3"])).model
+    assert svm.svm_gamma == "auto" and svm.svm_c == 3.0
+    assert from_dict(apply_overrides({}, ["model.name=svm", "model.svm_gamma=0.5"])).model.svm_gamma == 0.5
+
+
+# --- ~ in path settings ------------------------------------------------------------------------
+
+def test_home_is_expanded_in_path_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data:\n  path: ~/music\n")
+    config = load_config(path, ["run.dir=~/runs/x", "data.cache_dir=~/cache"])
+    assert config.data.path == str(tmp_path / "music")
+    assert config.run.dir == str(tmp_path / "runs" / "x")
+    assert config.data.cache_dir == str(tmp_path / "cache")
+    assert from_dict({"run": {"dir": "runs/~x"}}).run.dir == "runs/~x"  # only a leading ~ is the home folder
+
+
+# --- sizes that would exhaust memory before any other check ---------------------------------------
+
+@pytest.mark.parametrize("override,bound", [
+    ("audio.clip_seconds=100000", "600"), ("audio.hop_seconds=1000", "600"),
+    ("audio.sample_rate=10000000", "384000"), ("features.n_fft=1048576", "65536"),
+    ("features.hop_length=1000000", "65536"), ("features.n_mels=100000", "1024"),
+    ("train.batch_size=1000000", "8192"), ("data.num_workers=100000", "256"),
+])
+def test_sizes_have_upper_bounds(override, bound):
+    key = override.split("=")[0]
+    assert f"{key}: input should be less than or equal to {bound}" in error_of(overrides=[override])
+
+
+def test_sizes_at_the_bounds_are_accepted():
+    config = from_dict(apply_overrides({}, ["audio.clip_seconds=600", "audio.hop_seconds=600",
+                                            "audio.sample_rate=384000", "features.n_fft=65536",
+                                            "features.n_mels=1024", "train.batch_size=8192",
+                                            "data.num_workers=256"]))
+    assert config.audio.clip_seconds == 600 and config.features.n_fft == 65536
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """PyYAML reads 3e-4 as text (YAML 1.1 wants 3.0e-4); now that text is no number, it must parse as one."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-5\n")
+    config = load_config(path, ["train.label_smoothing=1e-1"])
+    assert config.train.lr == 1e-3 and config.train.weight_decay == 5e-5 and config.train.label_smoothing == 0.1
