@@ -26,6 +26,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self._content = None  # what we wrote, while we hold the lock
         self._pid = None
+        self._made_folder = False
 
     def __enter__(self) -> "RunLock":
         self.acquire()
@@ -44,6 +45,7 @@ class RunLock:
                             "choose another with --set run.dir=PATH") from None
 
     def _acquire(self) -> None:
+        self._made_folder = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started": datetime.now().astimezone().isoformat(timespec="seconds")}
@@ -69,6 +71,9 @@ class RunLock:
             if self.path.read_bytes() == self._content:
                 self.path.unlink()
         self._content = None
+        if self._made_folder:  # a run that stopped before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
     def _remove_stale(self) -> None:
         """The lock exists: raise when its owner may be alive, else remove it and say so."""

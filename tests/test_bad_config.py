@@ -57,7 +57,8 @@ def cli(script: str, *args) -> Result:
 def assert_one_line_error(result: Result, *fragments: str) -> str:
     assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
     assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # a note (such as "the split is drawn from other data") may come before the error
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("note: ")]
     assert len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith("error: ")
     for fragment in fragments:

@@ -43,7 +43,12 @@ def test_lock_holds_owner_and_release_removes_it(tmp_path):
     with RunLock(run_dir):
         owner = read_owner(run_dir / ".lock")
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname() and owner["started"]
-    assert list(run_dir.iterdir()) == []
+    assert not run_dir.exists()  # made for the run, left empty: removed again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with RunLock(kept):
+        (kept / "config.yaml").write_text("")
+    assert [p.name for p in kept.iterdir()] == ["config.yaml"]
 
 
 def test_live_owner_is_refused_in_one_line(tmp_path, sleeping_pid, capsys):
