@@ -71,7 +71,7 @@ def test_installed_package_trains_evaluates_predicts_outside_the_repo(tmp_path):
     run(genrenet, "train", "--config", "tiny.yaml", cwd=work)
     assert (work / "run" / "best.pt").is_file()
     evaluated = run(genrenet, "evaluate", "--checkpoint", "run/best.pt", cwd=work)
-    assert "report written to" in evaluated.stdout and (work / "run" / "eval_best_test.json").is_file()
+    assert "written to run/eval_best_test.json" in evaluated.stdout and (work / "run" / "eval_best_test.json").is_file()
     predicted = run(genrenet, "predict", "--checkpoint", "run/best.pt", "data", "--json", cwd=work)
     assert len(json.loads(predicted.stdout)) == 12
 

@@ -254,7 +254,8 @@ def test_resume_without_last_pt_is_one_line_error(tmp_path, capsys):
     assert cli.train_main(["--resume", str(folder)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines() == [f"error: checkpoint not found: {folder / 'last.pt'}"]
+    assert captured.err.splitlines() == [f"error: {folder} holds no last.pt: the run stopped before its first "
+                                         "checkpoint; start it again with --config"]
     assert list(folder.iterdir()) == []
 
 
