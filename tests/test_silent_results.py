@@ -28,6 +28,16 @@ def last_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
+def evaluate_without(victim, checkpoint) -> dict:
+    """The report of checkpoint while one data file is deleted (it is put back afterwards)."""
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        return evaluate(checkpoint)
+    finally:
+        victim.write_bytes(saved)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A 2-epoch small_cnn on 3 classes x 10 tracks, stratified split (15% test)."""
@@ -46,12 +56,7 @@ def test_the_test_split_does_not_move_when_files_are_deleted(trained_run, tmp_pa
     assert sorted(str(p) for p in (t["path"] for t in before["tracks"])) == sorted(str(data / i) for i in recorded_test)
 
     victim = data / recorded["tracks"]["train"][0]["id"]  # deleting a training file used to redraw the split
-    saved = victim.read_bytes()
-    victim.unlink()
-    try:
-        after = evaluate(root / "run" / "best.pt")
-    finally:
-        victim.write_bytes(saved)
+    after = evaluate_without(victim, root / "run" / "best.pt")
     assert [t["path"] for t in after["tracks"]] == [t["path"] for t in before["tracks"]]
     assert after["split_source"] == "recorded at training"
 
@@ -60,12 +65,7 @@ def test_a_deleted_test_file_is_reported_and_left_out(trained_run, capsys):
     root, data, _ = trained_run
     recorded = json.loads((root / "run" / "split.json").read_text())
     victim = data / recorded["tracks"]["test"][0]["id"]
-    saved = victim.read_bytes()
-    victim.unlink()
-    try:
-        report = evaluate(root / "run" / "best.pt")
-    finally:
-        victim.write_bytes(saved)
+    report = evaluate_without(victim, root / "run" / "best.pt")
     assert str(victim) not in [t["path"] for t in report["tracks"]]
     assert len(report["tracks"]) == len(recorded["tracks"]["test"]) - 1
     assert "1 missing" in capsys.readouterr().err
