@@ -122,10 +122,6 @@ def cut_clips(segment: AudioSegment, clip_seconds: float, hop_seconds: float) ->
     return [segment[i * hop_ms:i * hop_ms + clip_ms] for i in range(count)]
 
 
-def clip_starts(count: int, hop_seconds: float) -> list[float]:
-    return [round(i * hop_seconds, 3) for i in range(count)]
-
-
 @_one_file
 def load_clips(path: str | Path, config: AudioConfig) -> torch.Tensor:
     """The whole audio stage for one file: a float tensor [clips, samples] at config.sample_rate."""
