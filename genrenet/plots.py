@@ -148,7 +148,7 @@ def draw_timeline(results: list[dict]):
     lanes = [(r["file"], sections(r["segments"])) for r in results]
     names = sorted({s["label"] for _, parts in lanes for s in parts})
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    figure, (axes,) = _figure(12, 1.2 + 0.6 * len(lanes))
+    figure, (axes,) = _figure(12, max(2.5, 1.2 + 0.6 * len(lanes)))
     for lane, (_, parts) in enumerate(lanes):
         axes.broken_barh([(s["start"], s["end"] - s["start"]) for s in parts], (lane - 0.4, 0.8),
                          facecolors=[colours[s["label"]] for s in parts])

@@ -35,10 +35,10 @@ def is_quiet() -> bool:
 def progress(iterable, desc: str, total: int | None = None, unit: str = "it", initial: int = 0, leave: bool = True):
     """`iterable`, reporting progress on stderr: a bar on a terminal, a line now and then elsewhere."""
     if is_quiet():
-        return _Lines(iterable, desc, total, unit, initial, every=None)
+        return _Lines(iterable, desc, total, unit, initial, every=None, leave=False)
     if _is_terminal(sys.stderr):
         return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, leave=leave)
-    return _Lines(iterable, desc, total, unit, initial, every=LINE_SECONDS)
+    return _Lines(iterable, desc, total, unit, initial, every=LINE_SECONDS, leave=leave)
 
 
 def _is_terminal(stream) -> bool:
@@ -50,13 +50,13 @@ def _is_terminal(stream) -> bool:
 
 class _Lines:
     """The subset of tqdm's interface the commands use (iteration, set_postfix, close), written as
-    one line every `every` seconds, or never (every=None)."""
+    one line every `every` seconds, or never (every=None); with leave, a last line when done."""
 
-    def __init__(self, iterable, desc, total, unit, initial, every):
-        self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, every
+    def __init__(self, iterable, desc, total, unit, initial, every, leave):
+        self.iterable, self.desc, self.unit, self.every, self.leave = iterable, desc, unit, every, leave
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.done, self.postfix = initial, {}
-        self.last = time.monotonic()
+        self.started = self.last = time.monotonic()
 
     def __iter__(self):
         for item in self.iterable:
@@ -65,6 +65,8 @@ class _Lines:
             if self.every is not None and time.monotonic() - self.last >= self.every:
                 self.last = time.monotonic()
                 self._write()
+        if self.leave:
+            self._write(f" in {time.monotonic() - self.started:.1f}s")
 
     def set_postfix(self, **values):
         self.postfix = values
@@ -72,7 +74,7 @@ class _Lines:
     def close(self):
         pass
 
-    def _write(self):
+    def _write(self, suffix: str = ""):
         of = f"/{self.total}" if self.total is not None else ""
         extra = "".join(f" {k} {v}" for k, v in self.postfix.items())
-        print(f"{self.desc}: {self.done}{of} {self.unit}{extra}", file=sys.stderr, flush=True)
+        print(f"{self.desc}: {self.done}{of} {self.unit}{extra}{suffix}", file=sys.stderr, flush=True)
