@@ -12,7 +12,7 @@ import time
 
 from tqdm import tqdm
 
-LINE_SECONDS = 10.0  # how often a progress line is written when stderr is not a terminal
+LINE_SECONDS = 15.0  # how often a progress line is written when stderr is not a terminal
 
 # A context variable, not a module global: the setting ends with the `with quiet():` block.
 _quiet = contextvars.ContextVar("genrenet_quiet", default=False)
@@ -62,7 +62,7 @@ class _Lines:
         for item in self.iterable:
             yield item
             self.done += 1
-            if self.every is not None and time.monotonic() - self.last >= self.every:
+            if self.every is not None and time.monotonic() - self.last >= self.every and self.done != self.total:
                 self.last = time.monotonic()
                 self._write()
         if self.leave:
