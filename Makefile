@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Generate data/demo, train the built-in demo config, evaluate, predict 7 unseen songs.
+# Generate data/demo, train the built-in demo config, evaluate, predict 7 unseen songs; then
+# refresh the README's images of the run (small PNGs in docs/demo).
+DEMO_PLOTS := learning_curves.png eval_best_test_confusion.png eval_best_test_classes.png
 demo: setup
 	$(BIN)/genrenet demo
+	mkdir -p docs/demo && cp $(addprefix runs/demo/,$(DEMO_PLOTS)) docs/demo/
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -5,10 +5,14 @@ ogg and mp3), so a pip-only install needs no system ffmpeg. Formats libsndfile c
 (m4a, aac, wma, ...) go to pydub's ffmpeg path when ffmpeg is installed.
 """
 
+import contextlib
 import functools
 import math
+import os
 import re
 import shutil
+import sys
+import tempfile
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -74,7 +78,7 @@ def decode(path: str | Path) -> AudioSegment:
     try:
         with open(path, "rb"):  # permission problems surface here, as an OSError with a plain reason
             pass
-        with soundfile.SoundFile(str(path)) as file:
+        with _library_messages() as messages, soundfile.SoundFile(str(path)) as file:
             rate = file.samplerate
             # Downmix block by block (pydub's own multi-channel downmix is a per-sample Python
             # loop), so a long multichannel file is never held whole as float32.
@@ -95,6 +99,8 @@ def decode(path: str | Path) -> AudioSegment:
     pcm = np.concatenate(blocks) if blocks else np.zeros(0, dtype="<i2")
     if len(pcm) == 0:
         raise AudioError(f"{path}: contains no audio samples")
+    if messages:  # decoded, but the decoder had to skip damaged data: one line, not its raw log
+        print(f"warning: {path}: damaged data skipped while decoding ({_library_reason(messages)})", file=sys.stderr)
     return AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=int(rate), channels=1)
 
 
@@ -188,6 +194,37 @@ def _samples(segment: AudioSegment) -> np.ndarray:
 
 def _fit(samples: np.ndarray, length: int) -> np.ndarray:
     return np.pad(samples[:length], (0, max(0, length - len(samples))))
+
+
+@contextlib.contextmanager
+def _library_messages():
+    """Collect what C libraries print to file descriptor 2 inside the block (libmpg123 prints a
+    line for every damaged frame of an mp3) instead of letting it reach the user's terminal."""
+    messages: list[str] = []
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # Python's own pending output goes out before fd 2 is swapped
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing can leak either
+        yield messages
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 16).decode("utf-8", errors="replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _library_reason(messages: list[str]) -> str:
+    """The first message without its source location or "Note:" prefix, and how many more there were."""
+    first = re.sub(r"^(\[[^]]*\]\s*)?(error:|note:)?\s*", "", messages[0], flags=re.IGNORECASE)
+    more = f"; {len(messages) - 1} more decoder messages" if len(messages) > 1 else ""
+    return first[:120] + more
 
 
 def _ffmpeg_available() -> bool:

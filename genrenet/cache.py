@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from genrenet.audio import load_clips
 from genrenet.fileio import atomic_save
 from genrenet.config import Config, preprocessing_key, to_dict
 from genrenet.errors import UserError
+from genrenet.progress import progress
 from genrenet.registry import features_of
 
 
@@ -93,8 +93,9 @@ def cached_features(paths: list[Path], config: Config, desc: str = "features"):
     if missing:
         loader = torch.utils.data.DataLoader(_Extraction([paths[i] for i in missing], config), batch_size=None,
                                              num_workers=config.data.num_workers, worker_init_fn=_one_thread)
-        for i, (features, problem) in zip(missing, tqdm(loader, total=len(missing),
-                                                        desc=f"{desc} ({len(missing)} new)", unit="file")):
+        # The progress report is zip's first iterable, so it sees its own end (and reports it).
+        for (features, problem), i in zip(progress(loader, total=len(missing), desc=f"{desc} ({len(missing)} new)",
+                                                   unit="file"), missing):
             if problem:
                 failures[paths[i]] = problem
             else:

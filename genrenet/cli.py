@@ -6,7 +6,9 @@ turn a user's mistake into one line on stderr (see genrenet.errors.cli_entry).
 """
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,8 +17,11 @@ from genrenet.config import builtin_configs, load_config, with_changes
 from genrenet.crossval import cross_validate
 from genrenet.device import resolve_device
 from genrenet.errors import UserError, cli_entry, one_line
-from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_report
+from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_comparison, \
+    write_report
+from genrenet.plots import draw_timeline, write_plot
 from genrenet.prediction import expand_inputs, format_prediction, predict_file, prepare_predictor
+from genrenet.progress import quiet
 from genrenet.training import Interrupted, resume, train
 
 
@@ -30,33 +35,56 @@ def train_args(argv=None, prog=None):
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
     parser.add_argument("--cv", action="store_true",
                         help="cross-validate: train and evaluate every fold of the data's fold column")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots (same as --set run.plots=false)")
+    add_quiet(parser, "print only warnings and errors: no progress, no per-epoch lines")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)")
-    if args.resume and (args.overrides or args.fold is not None or args.overwrite or args.cv):
-        parser.error("--resume continues a run with its stored config; --set, --fold, --overwrite and --cv do not apply")
+    if args.resume and (args.overrides or args.fold is not None or args.overwrite or args.cv or args.no_plots):
+        parser.error("--resume continues a run with its stored config; --set, --fold, --overwrite, --cv and "
+                     "--no-plots do not apply")
     if args.cv and args.fold is not None:
         parser.error("--cv trains every fold; --fold picks one")
     return args
 
 
+def add_quiet(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help=what)
+
+
+@contextlib.contextmanager
+def quieted(enabled: bool, chatter: bool = False):
+    """--quiet: no progress reports and, with chatter, nothing on stdout; stderr (warnings, errors) stays."""
+    if not enabled:
+        yield
+        return
+    with quiet(), open(os.devnull, "w") as sink, (contextlib.redirect_stdout(sink) if chatter
+                                                   else contextlib.nullcontext()):
+        yield
+
+
 def run_train(argv=None, prog=None):
     args = train_args(argv, prog)
     try:
-        if args.resume:
-            resume(args.resume)
-            return 0
-        config = load_config(args.config, args.overrides)
-        if args.cv:
-            cross_validate(config, overwrite=args.overwrite)
-        else:
-            if args.fold is not None:
-                config = with_changes(config, data={"fold": args.fold})
-            train(config, overwrite=args.overwrite)
+        with quieted(args.quiet, chatter=True):
+            train_or_resume(args)
     except Interrupted as stopped:
         print(f"\ninterrupted: saved a resumable checkpoint; continue with: {prog or 'python train.py'} --resume {stopped}")
         return 130
     return 0
+
+
+def train_or_resume(args) -> None:
+    if args.resume:
+        resume(args.resume)
+        return
+    config = load_config(args.config, args.overrides + (["run.plots=false"] if args.no_plots else []))
+    if args.cv:
+        cross_validate(config, overwrite=args.overwrite)
+    else:
+        if args.fold is not None:
+            config = with_changes(config, data={"fold": args.fold})
+        train(config, overwrite=args.overwrite)
 
 
 train_main = cli_entry(run_train)
@@ -73,6 +101,9 @@ def evaluate_args(argv=None, prog=None):
     parser.add_argument("--fold", type=int, help="test fold, for data with a fold column (same as --set data.fold=)")
     parser.add_argument("--output", metavar="FILE.json",
                         help="write the report here (default: eval_<checkpoint>_<split>.json beside the checkpoint)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (a list for several checkpoints)")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots beside the report")
+    add_quiet(parser, "print only the report, warnings and errors: no progress, no list of files written")
     args = parser.parse_args(argv)
     if args.output and len(args.checkpoint) > 1:
         parser.error("--output takes one checkpoint; several write a report each beside their checkpoints")
@@ -86,20 +117,25 @@ def run_evaluate(argv=None, prog=None):
         overrides.append(f"data.path={args.data}")
     if args.fold is not None:
         overrides.append(f"data.fold={args.fold}")
-    reports = [evaluate(path, args.split, overrides) for path in args.checkpoint]
-    if len(reports) == 1:
-        print(format_report(reports[0]))
+    with quieted(args.quiet):
+        reports = [evaluate(path, args.split, overrides) for path in args.checkpoint]
+    tracks = [[t["path"] for t in r["tracks"]] for r in reports]
+    if any(t != tracks[0] for t in tracks[1:]):
+        raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
+                        "so they cannot be compared side by side")
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
-        tracks = [[t["path"] for t in r["tracks"]] for r in reports]
-        if any(t != tracks[0] for t in tracks[1:]):
-            raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
-                            "so they cannot be compared side by side")
-        print(compare_reports(reports))
+        print(format_report(reports[0]) if len(reports) == 1 else compare_reports(reports))
     # Printed first, written second: a folder that cannot be written never costs the report.
-    written = [write_report(r, Path(args.output) if args.output else default_report_path(path, args.split))
-               for r, path in zip(reports, args.checkpoint)]
-    if any(written):
-        print("\nwritten to " + ", ".join(str(w) for w in written if w))
+    plots = not args.no_plots
+    written = [w for r, path in zip(reports, args.checkpoint)
+               for w in write_report(r, Path(args.output) if args.output else default_report_path(path, args.split),
+                                     plots)]
+    if len(reports) > 1:
+        written += write_comparison(reports, Path(args.checkpoint[0]).parent / f"compare_{args.split}.json", plots)
+    if written and not args.quiet:  # on stderr under --json, so stdout stays one JSON document
+        print("\nwritten to " + ", ".join(str(w) for w in written), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -113,7 +149,10 @@ def predict_args(argv=None, prog=None):
     parser.add_argument("--top-k", type=int, default=3, help="how many labels to show per file (default 3)")
     parser.add_argument("--segments", action="store_true", help="add a timeline: start, end, label, probability per clip")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw each file's timeline as sections of consecutive clips with the same label")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    add_quiet(parser, "print only the predictions, warnings and errors")
     return parser.parse_args(argv)
 
 
@@ -125,7 +164,7 @@ def run_predict(argv=None, prog=None):
     paths = expand_inputs(args.files)
     if not paths:
         raise UserError("no audio files found in the given folders")
-    results, failed = [], 0
+    results, timelines, failed = [], [], 0
     for path in paths:
         try:
             result = predict_file(path, predictor, args.top_k)
@@ -134,13 +173,16 @@ def run_predict(argv=None, prog=None):
             print(f"error: {one_line(str(error))}", file=sys.stderr)
             results.append({"file": str(path), "error": str(error)})
             continue
-        if not args.segments:
-            result.pop("segments")
-        results.append(result)
+        timelines.append(result)
+        results.append(result if args.segments else {k: v for k, v in result.items() if k != "segments"})
         if not args.json:
             print(format_prediction(result, args.segments))
     if args.json:
         print(json.dumps(results, indent=2))
+    if args.plot and timelines:
+        written = write_plot(draw_timeline(timelines), Path(args.plot))
+        if written and not args.quiet:
+            print(f"timeline plot written to {written}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -148,23 +190,28 @@ predict_main = cli_entry(run_predict)
 
 
 def run_demo(argv=None, prog=None):
-    argparse.ArgumentParser(prog=prog, description=(
+    parser = argparse.ArgumentParser(prog=prog, description=(
         "The whole demo in one command: generate the synthetic 7-genre songs, train the built-in 'demo' "
         "config, evaluate it, then predict 7 songs it has never heard. Writes data/demo, data/demo-unseen, "
-        "runs/demo and cache/ in the current folder.")).parse_args(argv)
+        "runs/demo and cache/ in the current folder."))
+    add_quiet(parser, "print only the evaluation, the predictions, warnings and errors")
+    args = parser.parse_args(argv)
     config = load_config("demo")
     checkpoint = f"{config.run.dir}/best.pt"
     unseen = f"{config.data.path}-unseen"
+    hush = ["--quiet"] if args.quiet else []
     steps = [
         ("generate the demo songs", lambda: demo_data.main([config.data.path])),
-        ("train", lambda: run_train(["--config", "demo", "--overwrite"], "genrenet train")),
-        ("evaluate on the held-out test tracks", lambda: run_evaluate(["--checkpoint", checkpoint])),
+        ("train", lambda: run_train(["--config", "demo", "--overwrite"] + hush, "genrenet train")),
+        ("evaluate on the held-out test tracks", lambda: run_evaluate(["--checkpoint", checkpoint] + hush)),
         ("generate 7 unseen songs", lambda: demo_data.main([unseen, "--tracks-per-genre", "1", "--seed", "2026"])),
-        ("predict the unseen songs", lambda: run_predict(["--checkpoint", checkpoint, unseen])),
+        ("predict the unseen songs", lambda: run_predict(["--checkpoint", checkpoint, unseen, "--plot", f"{config.run.dir}/unseen_timeline.png"] + hush)),
     ]
     for number, (title, step) in enumerate(steps, 1):
-        print(f"\n== demo {number}/{len(steps)}: {title}", flush=True)
-        code = step()
+        with quieted(args.quiet and "generate" in title, chatter=True):
+            if not args.quiet:
+                print(f"\n== demo {number}/{len(steps)}: {title}", flush=True)
+            code = step()
         if code:  # demo_data.main returns None; the commands return an exit code
             return code
     return 0

@@ -147,6 +147,15 @@ class TrainConfig:
 @dataclass(config=STRICT)
 class RunConfig:
     dir: str = "runs/default"
+    # Where epoch metrics go besides metrics.jsonl, which is always written (resume and the
+    # learning-curve plot read it): csv adds metrics.csv, tensorboard a tensorboard/ folder.
+    log: list[Literal["jsonl", "csv", "tensorboard"]] = dataclasses.field(default_factory=lambda: ["jsonl"])
+    plots: bool = True  # PNG plots beside the JSON they are drawn from
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
 
     _expand_home = field_validator("dir")(_home)
 

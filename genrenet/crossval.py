@@ -19,6 +19,7 @@ from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, to_dict, with_changes
 from genrenet.datasets import find_tracks
 from genrenet.errors import UserError
+from genrenet.plots import draw_cross_validation, write_plot
 from genrenet.evaluation import default_report_path, evaluate, write_report
 from genrenet.training import resume, train
 
@@ -44,7 +45,7 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
         started = time.time()
         outcome = _train_fold(fold_config, overwrite)
         report = evaluate(fold_dir / "best.pt", "test")
-        write_report(report, default_report_path(fold_dir / "best.pt", "test"))
+        write_report(report, default_report_path(fold_dir / "best.pt", "test"), plots=config.run.plots)
         if outcome == "trained":
             seconds = round(time.time() - started, 1)
             (fold_dir / FOLD_TIME).write_text(json.dumps({"seconds": seconds}))
@@ -65,8 +66,9 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
                "seconds": _total_seconds(rows)}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "cv.json").write_text(json.dumps(summary, indent=2))
+    chart = write_plot(draw_cross_validation(summary), run_dir / "cv.png") if config.run.plots else None
     print(format_summary(summary))
-    print(f"written to {run_dir / 'cv.json'}")
+    print(f"written to {run_dir / 'cv.json'}" + (f" and {chart}" if chart else ""))
     return summary
 
 

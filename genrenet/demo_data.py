@@ -45,7 +45,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
+
+from genrenet.progress import progress as show_progress
 
 GENRES: tuple[str, ...] = ("techno", "hiphop", "jazz", "ambient", "metal", "baroque", "reggae")
 
@@ -756,7 +757,7 @@ def generate_dataset(out_dir, tracks_per_genre: int = 30, seconds: float = 8.0, 
         (out_dir / genre).mkdir(exist_ok=True)
 
     jobs = [(genre, index) for genre in genres for index in range(tracks_per_genre)]
-    for (genre, index), path in zip(tqdm(jobs, desc="demo dataset", unit="track", disable=not progress), expected):
+    for (genre, index), path in zip((show_progress(jobs, desc="demo dataset", unit="track") if progress else jobs), expected):
         rng = np.random.default_rng(track_seed(seed, genre, index))
         sf.write(path, synthesize_track(genre, seconds, sample_rate, rng), sample_rate, subtype="PCM_16")
     _write_marker(out_dir, settings, complete=True)

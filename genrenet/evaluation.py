@@ -4,6 +4,7 @@ Accuracy comes with a 95% Wilson confidence interval: on a few hundred tracks it
 +/-5 points, which is the honest resolution of such a test set.
 """
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from genrenet.config import Config, apply_overrides, crop_frames, from_dict, to_
 from genrenet.datasets import find_tracks, load_split, split_tracks
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
+from genrenet.plots import draw_class_scores, draw_comparison, draw_confusion, write_plot
 from genrenet.recorded_split import recorded_tracks
 from genrenet.scores import clip_log_probs, per_clip, track_log_probs
 from genrenet.trained import load_model
@@ -64,14 +66,16 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     clip_scores = clip_log_probs(model, data.features, device, window=crop_frames(config))
     clip_true = per_clip(data.targets, clip_scores)
     clip_pred = torch.cat(clip_scores).argmax(dim=1).tolist()
-    track_pred = track_log_probs(clip_scores).argmax(dim=1).tolist()
+    track_probs = track_log_probs(clip_scores).exp()
+    track_pred = track_probs.argmax(dim=1).tolist()
     report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": config.model.name,
               "data": config.data.path, "split_source": split_source,
               "track_aggregation": "mean of clip log-probabilities",
               "clip": classification_metrics(clip_true, clip_pred, labels),
               "track": classification_metrics(data.targets, track_pred, labels),
-              "tracks": [{"path": str(t.path), "label": t.label, "predicted": labels[p]}
-                         for t, p in zip(data.tracks, track_pred)]}
+              "tracks": [{"path": str(t.path), "label": t.label, "predicted": labels[p],
+                          "probabilities": {label: round(q, 5) for label, q in zip(labels, probs)}}
+                         for t, p, probs in zip(data.tracks, track_pred, track_probs.tolist())]}
     return report
 
 
@@ -91,16 +95,58 @@ def tracks_to_evaluate(recorded: dict | None, config: Config, split: str) -> tup
     return split_tracks(found, config.data)[split], note
 
 
-def write_report(report: dict, path: Path) -> Path | None:
-    """The report as JSON; a folder that cannot be written is one warning, never a lost report."""
+def write_report(report: dict, path: Path, plots: bool = True) -> list[Path]:
+    """The report as JSON, its per-track predictions as CSV (same name, .csv) and, with plots, the
+    track-level confusion matrix (<name>_confusion.png) and per-class scores (<name>_classes.png).
+    A folder that cannot be written is one warning, never a lost report. Returns what was written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
+        write_predictions_csv(report, path.with_suffix(".csv"))
     except OSError as error:
         print(f"warning: could not write the report to {path} ({error.strerror or error}); "
               "pass --output FILE to write it elsewhere", file=sys.stderr)
-        return None
-    return path
+        return []
+    written = [path, path.with_suffix(".csv")]
+    if plots:
+        written += [write_plot(draw_confusion(report["track"]), path.with_name(f"{path.stem}_confusion.png")),
+                    write_plot(draw_class_scores(report["track"]), path.with_name(f"{path.stem}_classes.png"))]
+    return [p for p in written if p]
+
+
+def write_predictions_csv(report: dict, path: Path) -> None:
+    """One row per track: path, true label, predicted label and each class's probability (p_<class>)."""
+    labels = report["track"]["labels"]
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path", "label", "predicted"] + [f"p_{label}" for label in labels])
+        for track in report["tracks"]:
+            writer.writerow([track["path"], track["label"], track["predicted"]]
+                            + [track["probabilities"][label] for label in labels])
+
+
+def comparison(reports: list[dict]) -> dict:
+    """What compare_reports prints, as data: per checkpoint, track accuracy (95% CI), macro F1, per-class F1."""
+    return {"split": reports[0]["split"], "data": reports[0]["data"], "tracks": reports[0]["track"]["n"],
+            "checkpoints": [{"key": key, "checkpoint": r["checkpoint"], "model": r["model"],
+                             "accuracy": r["track"]["accuracy"], "accuracy_ci95": r["track"]["accuracy_ci95"],
+                             "macro_f1": r["track"]["macro_f1"], "clip_accuracy": r["clip"]["accuracy"],
+                             "per_class_f1": {label: r["track"]["per_class"][label]["f1-score"]
+                                              for label in r["track"]["labels"]}}
+                            for key, r in zip(_keys(reports), reports)]}
+
+
+def write_comparison(reports: list[dict], path: Path, plots: bool = True) -> list[Path]:
+    """comparison() as JSON and, with plots, as one chart beside it (same name, .png)."""
+    data = comparison(reports)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+    except OSError as error:
+        print(f"warning: could not write the comparison to {path} ({error.strerror or error})", file=sys.stderr)
+        return []
+    chart = write_plot(draw_comparison(data), path.with_suffix(".png")) if plots else None
+    return [p for p in (path, chart) if p]
 
 
 def default_report_path(checkpoint: str | Path, split: str) -> Path:

@@ -3,7 +3,8 @@
 A run directory holds the resolved config (config.yaml), the tracks of each split
 (split.json), one JSON line of metrics per epoch (metrics.jsonl), best.pt (the model chosen by
 validation) and last.pt (the latest epoch, with everything needed to continue the run). Both
-checkpoints carry the split too, so evaluation uses the tracks the model was tested on.
+checkpoints carry the split too, so evaluation uses the tracks the model was tested on. At the
+end: learning_curves.png (run.plots); run.log adds metrics.csv and tensorboard/ (genrenet.runlogs).
 """
 
 import contextlib
@@ -18,10 +19,13 @@ import yaml
 from genrenet.checkpoint import save_checkpoint
 from genrenet.config import Config, to_dict
 from genrenet.errors import UserError
+from genrenet.plots import draw_confusion, draw_learning_curves, write_plot
+from genrenet.runlogs import open_logs
 
 
 # What a run writes; with --overwrite, the files of the run being replaced.
-RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "best.pt", "last.pt")
+RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "metrics.csv", "tensorboard", "learning_curves.png",
+             "best.pt", "last.pt")
 
 
 class RunWriter:
@@ -29,6 +33,7 @@ class RunWriter:
         self.dir, self.config, self.labels, self.split = Path(run_dir), config, list(labels), split
         self.metrics_log = self.dir / "metrics.jsonl"
         self.previous = self.dir / "previous"
+        self.logs = []  # run.log's extra formats, opened by start() or keep_epochs()
 
     def start(self, keep_previous: bool) -> None:
         """A fresh run: the resolved config, its split and an empty metrics log.
@@ -47,24 +52,58 @@ class RunWriter:
         self._write("config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
         self._write("split.json", json.dumps(self.split, indent=1))
         self._write("metrics.jsonl", "")
+        self._open_logs(rows=[])
 
     def keep_epochs(self, completed: int) -> None:
         """On resume: drop metric lines of epochs the checkpoint does not include (and a half-written last line)."""
+        rows = [row for row in self.rows() if row.get("epoch", math.inf) <= completed]
+        self.metrics_log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        self._open_logs(rows)
+
+    def rows(self) -> list[dict]:
+        """The metrics logged so far; a half-written line (a crash mid-write) is left out."""
         rows = []
         for line in self.metrics_log.read_text().splitlines() if self.metrics_log.exists() else []:
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            if row.get("epoch", math.inf) <= completed:
-                rows.append(line)
-        self.metrics_log.write_text("".join(line + "\n" for line in rows))
+        return rows
+
+    def _open_logs(self, rows: list[dict]) -> None:
+        with self._reporting_disk_errors(self.dir):
+            self.logs = open_logs(self.config.run.log, self.dir)
+            for log in self.logs:
+                log.rewrite(rows)
 
     def log(self, row: dict) -> None:
         # NaN and infinity are not JSON: a non-finite value is written as null.
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         with self._reporting_disk_errors(self.metrics_log), open(self.metrics_log, "a") as log:
             log.write(json.dumps(clean, allow_nan=False) + "\n")
+            for extra in self.logs:
+                extra.epoch(clean)
+
+    def log_step(self, step: int, lr: float) -> None:
+        """The learning rate at one optimizer step (TensorBoard only: one line per step is too many elsewhere)."""
+        for extra in self.logs:
+            extra.step(step, lr)
+
+    def finish(self, confusion: dict | None = None) -> None:
+        """The end of a run: the learning-curve plot, and the validation confusion matrix
+        ({"labels", "confusion_matrix"}) for TensorBoard."""
+        if self.config.run.plots and self.rows():
+            write_plot(draw_learning_curves(self.rows()), self.dir / "learning_curves.png")
+        if confusion is not None and self.logs:
+            figure = draw_confusion(confusion)
+            for extra in self.logs:
+                extra.figure("confusion_matrix/valid", figure)
+        self.close()
+
+    def close(self) -> None:
+        for extra in self.logs:
+            extra.close()
+        self.logs = []
 
     def save(self, name: str, model: torch.nn.Module, epoch: int, metrics: dict,
              training_state: dict | None = None) -> None:

@@ -53,6 +53,12 @@ def per_clip(track_values: list, clip_scores: list[torch.Tensor]) -> list:
     return [value for scores, value in zip(clip_scores, track_values) for _ in range(len(scores))]
 
 
+def track_predictions(model: torch.nn.Module, features: list[torch.Tensor], device,
+                      window: Optional[int] = None) -> list[int]:
+    """The class index each track is decided as."""
+    return track_log_probs(clip_log_probs(model, features, device, window=window)).argmax(dim=1).tolist()
+
+
 def split_scores(model: torch.nn.Module, features: list[torch.Tensor], targets: list[int], device,
                  window: Optional[int] = None) -> dict:
     """Loss and accuracy at clip and track level of one split, as validation reports them."""

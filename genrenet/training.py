@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from tqdm import tqdm
-
+from sklearn.metrics import confusion_matrix
 from genrenet.augment import SpectrogramAugment, mixup
 from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, crop_frames, from_dict
@@ -27,11 +26,13 @@ from genrenet.datasets import SPLITS, ClipDataset, SplitData, Track, find_tracks
 from genrenet.device import resolve_device
 from genrenet.errors import UserError, error_line
 from genrenet.models import count_parameters
+from genrenet.progress import progress
 from genrenet.recorded_split import record_split, recorded_tracks
 from genrenet.registry import build_model, features_of, model_entry
 from genrenet.rundir import RunWriter
 from genrenet.runlock import RunLock
-from genrenet.scores import per_clip, split_scores
+from genrenet.runlogs import check_logs
+from genrenet.scores import per_clip, split_scores, track_predictions
 
 
 class Interrupted(Exception):
@@ -184,6 +185,7 @@ def print_data_summary(data: TrainingData) -> None:
 def train(config: Config, overwrite: bool = False) -> Path:
     """Train as the config says and return the run directory."""
     run_dir = Path(config.run.dir)
+    check_logs(config.run.log)
     with RunLock(run_dir):  # one run directory, one writer; also finds an unwritable run.dir before long work
         if (run_dir / "best.pt").exists() and not overwrite:
             raise UserError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
@@ -205,6 +207,7 @@ def resume(run_dir: str | Path) -> Path:
         if not isinstance(training_state, dict) or "finished" not in training_state:
             raise UserError(f"{last} holds no training state to resume from")
         config = from_dict(state["config"], source=f"{last} (stored config)")
+        check_logs(config.run.log)
         if training_state["finished"]:
             print(f"{run_dir} already finished its {state['epoch']} epochs; nothing to resume")
             return run_dir
@@ -228,15 +231,19 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) ->
         print(f"resuming {run_dir} at epoch {state.epoch}"
               + (f", batch {state.batches_done + 1}" if state.batches_done else ""))
 
-    with StopRequest() as stop:
-        while state.epoch <= config.train.epochs:
-            started = time.time()
-            run_epoch(learner, config, data, state, writer, stop)
-            end_epoch(learner, config, data, state, writer, started)
-            if stop.requested and not state.finished:
-                raise Interrupted(run_dir)
-            if state.finished:
-                break
+    try:
+        with StopRequest() as stop:
+            while state.epoch <= config.train.epochs:
+                started = time.time()
+                run_epoch(learner, config, data, state, writer, stop)
+                end_epoch(learner, config, data, state, writer, started)
+                if stop.requested and not state.finished:
+                    raise Interrupted(run_dir)
+                if state.finished:
+                    break
+        writer.finish(confusion=best_confusion(learner, config, data, writer))
+    finally:
+        writer.close()  # an interrupted run's logs are complete up to where it stopped
     chosen = (f"best validation track accuracy {state.best_score[0]:.3f}" if data.valid is not None
               else "the final epoch: no validation split")
     print(f"saved {run_dir / 'best.pt'} (epoch {state.best_epoch}, {chosen}) and {run_dir / 'last.pt'}")
@@ -304,10 +311,11 @@ def run_epoch(learner: Learner, config: Config, data: TrainingData, state: RunSt
     learner.augment.train()
     if not state.batches_done:
         state.seen, state.loss_sum, state.correct = 0, 0.0, 0
-    bar = tqdm(range(state.batches_done, steps), desc=f"epoch {epoch}/{config.train.epochs}", unit="batch",
-               leave=False, initial=state.batches_done, total=steps)
+    bar = progress(range(state.batches_done, steps), desc=f"epoch {epoch}/{config.train.epochs}", unit="batch",
+                   leave=False, initial=state.batches_done, total=steps)
     for step in bar:
         take_step(learner, config, len(data.labels), order[step * batch_size:(step + 1) * batch_size], state)
+        writer.log_step((epoch - 1) * steps + step + 1, learner.scheduler.get_last_lr()[0])
         bar.set_postfix(loss=f"{state.loss_sum / state.seen:.3f}", acc=f"{state.correct / state.seen:.3f}")
         if stop.requested and step + 1 < steps:
             state.batches_done = step + 1
@@ -373,6 +381,18 @@ def end_epoch(learner: Learner, config: Config, data: TrainingData, state: RunSt
         print(f"early stopping: no better validation score for {patience} epochs")
 
 
+def best_confusion(learner: Learner, config: Config, data: TrainingData, writer: RunWriter) -> Optional[dict]:
+    """For TensorBoard: best.pt's track-level confusion matrix on the validation split (None when
+    nothing would show it). Loads best.pt's weights into the model: training is over."""
+    if data.valid is None or "tensorboard" not in config.run.log:
+        return None
+    learner.model.load_state_dict(load_checkpoint(writer.dir / "best.pt")["model_state"])
+    predicted = track_predictions(learner.model, data.valid.features, learner.device, crop_frames(config))
+    classes = list(range(len(data.labels)))
+    return {"labels": data.labels, "confusion_matrix": confusion_matrix(data.valid.targets, predicted,
+                                                                        labels=classes).tolist()}
+
+
 def is_better(row: dict, state: RunState) -> bool:
     """Higher validation track accuracy wins; on a tie, lower validation loss."""
     accuracy, loss = row["valid_track_acc"], row["valid_loss"]
@@ -410,6 +430,7 @@ def fit_once(config: Config, run_dir: Path) -> Path:
     writer.log(row)
     writer.save("best.pt", model, 1, row)
     writer.save("last.pt", model, 1, row, training_state={"finished": True})
+    writer.finish()
     valid = (f" | valid clip acc {row['valid_clip_acc']:.3f} track acc {row['valid_track_acc']:.3f}"
              if data.valid is not None else "")
     print(f"fitted in {row['seconds']:.1f}s | train clip acc {row['train_acc']:.3f}{valid}")

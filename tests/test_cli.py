@@ -122,7 +122,8 @@ def test_demo_runs_the_whole_demo_in_order(monkeypatch, capsys):
         ("run_train", ["--config", "demo", "--overwrite"]),
         ("run_evaluate", ["--checkpoint", "runs/demo/best.pt"]),
         ("demo_data", ["data/demo-unseen", "--tracks-per-genre", "1", "--seed", "2026"]),
-        ("run_predict", ["--checkpoint", "runs/demo/best.pt", "data/demo-unseen"]),
+        ("run_predict", ["--checkpoint", "runs/demo/best.pt", "data/demo-unseen", "--plot",
+                         "runs/demo/unseen_timeline.png"]),
     ]
     assert "== demo 5/5" in capsys.readouterr().out
 

@@ -12,7 +12,8 @@ LAYERS = [  # top to bottom; a module may import its own layer (without cycles) 
     ("commands", {"training", "crossval", "evaluation", "prediction", "export"}),
     ("stages", {"audio", "features", "handcrafted", "cache", "store", "datasets", "augment", "models", "classic",
                 "scores", "catalog", "trained", "demo_data", "classifier", "recorded_split"}),
-    ("utilities", {"errors", "registry", "config", "fileio", "checkpoint", "device", "rundir", "runlock"}),
+    ("utilities", {"errors", "registry", "config", "fileio", "checkpoint", "device", "rundir", "runlock",
+                   "progress", "plots", "runlogs"}),
 ]
 # Imports inside functions are for heavy optional libraries only (librosa through genrenet.handcrafted).
 LAZY_ALLOWED = {("catalog", "handcrafted")}
@@ -32,7 +33,9 @@ def genrenet_imports(path: Path) -> list[tuple[str, bool]]:
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("genrenet"):
                 parts = child.module.split(".")
-                names = [parts[1]] if len(parts) > 1 else [a.name for a in child.names if a.name != "__version__"]
+                # `from genrenet import __version__` imports the package itself, not a module
+                names = [parts[1]] if len(parts) > 1 else [
+                    alias.name if (PACKAGE / f"{alias.name}.py").exists() else "__init__" for alias in child.names]
                 found.extend((name, inside) for name in names)
             elif isinstance(child, ast.Import):
                 found.extend((a.name.split(".")[1], inside) for a in child.names if a.name.startswith("genrenet."))

@@ -1,0 +1,162 @@
+"""PNG plots of what the commands write as JSON, each drawn from that JSON's data alone.
+
+Every `draw_*` function takes the plain data (metrics.jsonl rows, an evaluation report's
+track-level metrics, cv.json, ...) and returns a matplotlib Figure; `write_plot` saves it. The
+Agg backend renders without a display, so plots work on servers and in CI.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MANY_CLASSES = 20  # above this, a confusion matrix shows colours without numbers in its cells
+
+
+def write_plot(figure, path: Path) -> Path | None:
+    """Save a figure as PNG; a folder that cannot be written is one warning, never a lost run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+    except OSError as error:
+        print(f"warning: could not write the plot {path} ({error.strerror or error})", file=sys.stderr)
+        return None
+    return path
+
+
+def _figure(width: float, height: float, columns: int = 1):
+    # matplotlib is imported here, not at the top: it takes about a second, and only plots need it.
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots(1, columns, squeeze=False)[0]
+
+
+def draw_learning_curves(rows: list[dict]):
+    """Loss, accuracy and learning rate per epoch, from metrics.jsonl rows."""
+    figure, (loss, accuracy, lr) = _figure(13, 3.8, columns=3)
+    epochs = [row["epoch"] for row in rows]
+    for axes, keys in ((loss, ("train_loss", "valid_loss")),
+                       (accuracy, ("train_acc", "valid_clip_acc", "valid_track_acc")), (lr, ("lr",))):
+        for key in keys:
+            values = [np.nan if row.get(key) is None else row[key] for row in rows]
+            if not all(np.isnan(values)):
+                axes.plot(epochs, values, marker="o", label=key)
+        axes.set_xlabel("epoch")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.legend()
+    loss.set_title("loss")
+    accuracy.set_title("accuracy")
+    accuracy.set_ylim(0, 1.02)
+    lr.set_title("learning rate (end of epoch)")
+    return figure
+
+
+def draw_confusion(metrics: dict):
+    """The confusion matrix as counts and as row-normalised fractions (rows: true class)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+    labels, counts = metrics["labels"], np.array(metrics["confusion_matrix"])
+    rows = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    side = max(5.0, 0.32 * len(labels) + 2.5)
+    figure, (left, right) = _figure(2 * side + 1, side, columns=2)
+    many = len(labels) > MANY_CLASSES
+    for axes, matrix, title, fmt in ((left, counts, "counts", "d"), (right, fractions, "row-normalised", ".2f")):
+        ConfusionMatrixDisplay(matrix, display_labels=labels).plot(
+            ax=axes, include_values=not many, values_format=fmt, xticks_rotation="vertical", colorbar=False,
+            cmap="Blues")
+        axes.set_title(f"{title} ({int(counts.sum())} tracks)")
+        if many:
+            axes.tick_params(labelsize=7)
+    return figure
+
+
+def draw_class_scores(metrics: dict):
+    """Precision, recall and F1 of each class as grouped horizontal bars."""
+    labels = metrics["labels"]
+    figure, (axes,) = _figure(8, max(3.5, 0.3 * len(labels) * 1.5 + 1.5))
+    y = np.arange(len(labels))
+    for i, key in enumerate(("precision", "recall", "f1-score")):
+        axes.barh(y + (i - 1) * 0.27, [metrics["per_class"][label][key] for label in labels], height=0.27, label=key)
+    axes.set_yticks(y, labels)
+    axes.invert_yaxis()  # first class on top, as in the text report
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("score")
+    axes.set_title(f"per-class scores (accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f})")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def draw_cross_validation(summary: dict):
+    """Track accuracy of each fold, with the mean and a band of one sample standard deviation."""
+    figure, (axes,) = _figure(6, 4)
+    folds = [str(row["fold"]) for row in summary["folds"]]
+    axes.bar(folds, [row["track_accuracy"] for row in summary["folds"]], color="tab:blue", label="fold")
+    mean, std = summary["mean_track_accuracy"], summary["std_track_accuracy"]
+    axes.axhline(mean, color="black", label=f"mean {mean:.3f} ± {std:.3f}")
+    axes.axhspan(mean - std, mean + std, color="gray", alpha=0.25)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("test fold")
+    axes.set_ylabel("track accuracy")
+    axes.set_title(f"cross-validation of {summary['model']}")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def draw_comparison(comparison: dict):
+    """Several checkpoints on the same tracks: accuracy with its 95% CI, and per-class F1."""
+    entries = comparison["checkpoints"]
+    labels = list(entries[0]["per_class_f1"])
+    figure, (left, right) = _figure(13, max(4.0, 0.3 * len(labels) * len(entries) / 2 + 2), columns=2)
+    keys = [f"{e['key']}: {e['model']}" for e in entries]
+    accuracy = np.array([e["accuracy"] for e in entries])
+    low, high = np.array([e["accuracy_ci95"] for e in entries]).T
+    left.bar(keys, accuracy, yerr=[accuracy - low, high - accuracy], capsize=6, color="tab:blue")
+    left.set_ylim(0, 1.02)
+    left.set_title("track accuracy (95% CI)")
+    y, height = np.arange(len(labels)), 0.8 / len(entries)
+    for i, (key, entry) in enumerate(zip(keys, entries)):
+        right.barh(y + i * height, [entry["per_class_f1"][label] for label in labels], height=height, label=key)
+    right.set_yticks(y + height * (len(entries) - 1) / 2, labels)
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_title("per-class F1")
+    right.legend(loc="lower right")
+    return figure
+
+
+def sections(segments: list[dict]) -> list[dict]:
+    """Consecutive segments with the same label as one section (start of the first, end where the
+    next section starts or the last segment ends), with their mean probability."""
+    merged = []
+    for segment in segments:
+        if merged and merged[-1]["label"] == segment["label"]:
+            merged[-1]["end"] = segment["end"]
+            merged[-1]["probabilities"].append(segment["probability"])
+            continue
+        if merged:
+            merged[-1]["end"] = min(merged[-1]["end"], segment["start"])  # overlapping clips: the next one takes over
+        merged.append({"start": segment["start"], "end": segment["end"], "label": segment["label"],
+                       "probabilities": [segment["probability"]]})
+    return [{"start": s["start"], "end": s["end"], "label": s["label"],
+             "probability": round(float(np.mean(s["probabilities"])), 4)} for s in merged]
+
+
+def draw_timeline(results: list[dict]):
+    """One lane per file: its sections coloured by label."""
+    lanes = [(r["file"], sections(r["segments"])) for r in results]
+    names = sorted({s["label"] for _, parts in lanes for s in parts})
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    figure, (axes,) = _figure(12, max(2.5, 1.2 + 0.6 * len(lanes)))
+    for lane, (_, parts) in enumerate(lanes):
+        axes.broken_barh([(s["start"], s["end"] - s["start"]) for s in parts], (lane - 0.4, 0.8),
+                         facecolors=[colours[s["label"]] for s in parts])
+    axes.set_yticks(range(len(lanes)), [Path(name).name for name, _ in lanes])
+    axes.invert_yaxis()
+    axes.set_xlabel("seconds")
+    axes.set_title("sections (consecutive clips with the same decision)")
+    from matplotlib.patches import Patch
+    axes.legend(handles=[Patch(color=colours[n], label=n) for n in names], loc="upper left",
+                bbox_to_anchor=(1.0, 1.0))
+    return figure
