@@ -16,12 +16,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Generate data/demo, train the built-in demo config, evaluate, predict 7 unseen songs; then
-# refresh the README's images of the run (small PNGs in docs/demo).
-DEMO_PLOTS := learning_curves.png eval_best_test_confusion.png eval_best_test_classes.png
+# Generate data/demo, train the built-in demo config, evaluate, predict 7 unseen songs. The
+# README's images (docs/demo) are copies of runs/demo's plots from one such run.
 demo: setup
 	$(BIN)/genrenet demo
-	mkdir -p docs/demo && cp $(addprefix runs/demo/,$(DEMO_PLOTS)) docs/demo/
 
 test: setup
 	$(BIN)/python -m pytest -q

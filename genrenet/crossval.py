@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from genrenet.checkpoint import load_checkpoint
-from genrenet.config import Config, to_dict, with_changes
+from genrenet.config import Config, from_dict, to_dict, with_changes
 from genrenet.datasets import find_tracks
 from genrenet.errors import UserError
 from genrenet.plots import draw_cross_validation, write_plot
@@ -90,7 +90,8 @@ def _train_fold(config: Config, overwrite: bool) -> str:
     last = run_dir / "last.pt"
     state = None if overwrite or not last.exists() else load_checkpoint(last)
     if state is not None:
-        if state["config"] != to_dict(config):
+        # compared as validated configs: keys added since (with their defaults) are no difference
+        if to_dict(from_dict(state["config"], source=str(last))) != to_dict(config):
             raise UserError(f"{config.run.dir} holds a run with another config; pass --overwrite to retrain it")
         if state.get("training_state", {}).get("finished", True):
             print(f"fold already trained; keeping {config.run.dir}")
