@@ -1,5 +1,5 @@
 # One command each: `make demo` (set up, then generate demo data, train, evaluate, predict) and
-# `make test` (set up, then run the test suite). Setup is a local virtual environment in .venv.
+# `make test` (set up, then lint and run the test suite). Setup is a local virtual environment in .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,7 +21,10 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/genrenet demo
 
+# Lint and format check first (seconds), then the suite.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean:
