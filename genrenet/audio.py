@@ -67,10 +67,8 @@ def _one_file(function):
             return function(path, *args, **kwargs)
         except AudioError:
             raise
-        except MemoryError:
-            raise AudioError(f"{path}: not enough memory to decode it") from None
-        except Exception as error:  # a library failing in a way we did not foresee
-            raise AudioError(f"{path}: cannot decode ({type(error).__name__}: {error_line(error)})") from error
+        except Exception as error:
+            raise _file_error(path, error) from (None if isinstance(error, MemoryError) else error)
 
     return wrapper
 
@@ -84,12 +82,17 @@ def _one_file_iter(generator):
             yield from generator(path, *args, **kwargs)
         except AudioError:
             raise
-        except MemoryError:
-            raise AudioError(f"{path}: not enough memory to decode it") from None
         except Exception as error:
-            raise AudioError(f"{path}: cannot decode ({type(error).__name__}: {error_line(error)})") from error
+            raise _file_error(path, error) from (None if isinstance(error, MemoryError) else error)
 
     return wrapper
+
+
+def _file_error(path, error: Exception) -> AudioError:
+    if isinstance(error, MemoryError):
+        return AudioError(f"{path}: not enough memory to decode it")
+    # a library failing in a way we did not foresee
+    return AudioError(f"{path}: cannot decode ({type(error).__name__}: {error_line(error)})")
 
 
 class PcmStream:
@@ -211,9 +214,10 @@ def iter_clip_batches(path: str | Path, config: AudioConfig, max_clips: int | No
     decoded file. With config.strip_silence (off by default) the whole file is decoded first:
     pydub's silence detection needs all of it, so only then does memory grow with the file.
     max_clips defaults to about BATCH_SAMPLES samples per batch at the file's own rate."""
-    return _one_file_iter(_clip_batches)(path, config, max_clips)
+    return _clip_batches(path, config, max_clips)
 
 
+@_one_file_iter
 def _clip_batches(path, config: AudioConfig, max_clips: int | None) -> Iterator[torch.Tensor]:
     if config.strip_silence:
         segment = decode(path)
