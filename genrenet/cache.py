@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from genrenet.audio import load_clips
+from genrenet.audio import iter_clip_batches
 from genrenet.fileio import atomic_save
 from genrenet.config import Config, preprocessing_key, to_dict
 from genrenet.errors import UserError
@@ -74,10 +74,17 @@ def feature_extractor(config: Config):
     return features_of(config).extractor(config)
 
 
-def compute_features(path: Path, config: Config, extractor=None) -> torch.Tensor:
-    """Features of every clip of one file (see feature_extractor)."""
+def iter_feature_batches(path: Path, config: Config, extractor=None, max_clips: int | None = None):
+    """Features of one file's consecutive clips, a batch at a time (see audio.iter_clip_batches):
+    a long file's waveform is never held whole, only its features."""
     extractor = extractor or feature_extractor(config)
-    return extractor(load_clips(path, config.audio))
+    for waves in iter_clip_batches(path, config.audio, max_clips):
+        yield extractor(waves)
+
+
+def compute_features(path: Path, config: Config, extractor=None) -> torch.Tensor:
+    """Features of every clip of one file (see feature_extractor), computed batch by batch."""
+    return torch.cat(list(iter_feature_batches(path, config, extractor)))
 
 
 def cached_features(paths: list[Path], config: Config, desc: str = "features"):

@@ -219,9 +219,15 @@ def test_ffmpeg_error_reason_is_its_last_line_trimmed(tmp_path, monkeypatch):
     path = tmp_path / "song.m4a"
     path.write_bytes(b"\x00" * 100)
     banner = "ffmpeg version 6.1\n  configuration: --enable-everything\n"
-    monkeypatch.setattr(audio, "_ffmpeg_available", lambda: True)
-    monkeypatch.setattr(audio.AudioSegment, "from_file", _raises(Exception(banner + "   " + "x" * 500 + "   \n\n")))
+    tools = tmp_path / "bin"  # stand-ins: ffprobe finds a stream, ffmpeg fails after its banner
+    tools.mkdir()
+    probe = 'print(\'{"streams": [{"sample_rate": "8000", "channels": 1}]}\')\n'
+    (tools / "ffprobe").write_text(f"#!{sys.executable}\n{probe}")
+    failure = banner + "   " + "x" * 500 + "   \n\n"
+    (tools / "ffmpeg").write_text(f"#!{sys.executable}\nimport sys\nsys.stderr.write({failure!r})\nsys.exit(1)\n")
+    for tool in ("ffprobe", "ffmpeg"):
+        (tools / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(AudioError) as caught:
         audio.decode(path)
     assert str(caught.value) == f"{path}: cannot decode ({'x' * 200})"
-
