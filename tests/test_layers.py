@@ -32,7 +32,9 @@ def genrenet_imports(path: Path) -> list[tuple[str, bool]]:
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("genrenet"):
                 parts = child.module.split(".")
-                names = [parts[1]] if len(parts) > 1 else [alias.name for alias in child.names]
+                # `from genrenet import __version__, demo_data`: only the names that are modules count
+                names = [parts[1]] if len(parts) > 1 else [alias.name for alias in child.names
+                                                           if (PACKAGE / f"{alias.name}.py").exists()]
                 found.extend((name, inside) for name in names)
             elif isinstance(child, ast.Import):
                 found.extend((a.name.split(".")[1], inside) for a in child.names if a.name.startswith("genrenet."))
