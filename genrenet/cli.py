@@ -1,7 +1,7 @@
 """Entry points: the `genrenet` command (also `python -m genrenet`) and train.py, evaluate.py, predict.py.
 
 Each `run_*(argv, prog)` parses its arguments and calls the command module that does the work
-(genrenet.training, .crossval, .evaluation, .prediction). The `*_main(argv)` wrappers and `main`
+(genrenet.training, .crossval, .evaluation, .prediction, .export). The `*_main(argv)` wrappers and `main`
 turn a user's mistake into one line on stderr (see genrenet.errors.cli_entry).
 """
 
@@ -17,6 +17,7 @@ from genrenet.crossval import cross_validate
 from genrenet.device import resolve_device
 from genrenet.errors import UserError, cli_entry
 from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_report
+from genrenet.export import FORMATS as EXPORT_FORMATS, export_model
 from genrenet.prediction import PredictOptions, expand_inputs, predict_library
 from genrenet.training import Interrupted, resume, train
 
@@ -171,6 +172,19 @@ def run_predict(argv=None, prog=None):
 predict_main = cli_entry(run_predict)
 
 
+def run_export(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Export a CNN checkpoint as one file that maps a mono waveform at the model's sample rate to class "
+        "probabilities and the embedding, with the mel front end inside."))
+    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
+    parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    parser.add_argument("--output", help="the file to write (default: beside the checkpoint, e.g. best.onnx)")
+    args = parser.parse_args(argv)
+    _, summary = export_model(args.checkpoint, args.format, args.output)
+    print(f"wrote {summary}")
+    return 0
+
+
 def run_demo(argv=None, prog=None):
     argparse.ArgumentParser(prog=prog, description=(
         "The whole demo in one command: generate the synthetic 7-genre songs, train the built-in 'demo' "
@@ -198,6 +212,7 @@ COMMANDS = {
     "train": (run_train, "train a model from a YAML config or a built-in config name"),
     "evaluate": (run_evaluate, "report a checkpoint's accuracy on the test (or another) split"),
     "predict": (run_predict, "predict the genre (class) of audio files or folders"),
+    "export": (run_export, "write a CNN checkpoint as ONNX or TorchScript, waveform in, probabilities out"),
     "demo": (run_demo, "generate demo songs, train, evaluate and predict, in the current folder"),
 }
 
