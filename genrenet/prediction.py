@@ -136,7 +136,10 @@ class ResultsFile:
         text = complete.decode("utf-8", errors="replace")
         if self.csv:
             return {row["file"] for row in csv.DictReader(io.StringIO(text)) if row.get("file")}
-        return {json.loads(line)["file"] for line in text.splitlines() if line.strip()}
+        try:
+            return {json.loads(line)["file"] for line in text.splitlines() if line.strip()}
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"--resume: {self.path} holds a line that is not a result of genrenet predict") from None
 
     def write(self, result: dict) -> None:
         if self.csv:
