@@ -8,3 +8,4 @@ except PackageNotFoundError:  # a source tree used without installing it
     __version__ = "0+unknown"
 
 from genrenet import catalog  # noqa: E402,F401  registers the built-in models and feature kinds
+from genrenet.classifier import Classifier  # noqa: E402,F401  the Python API: Classifier.load(checkpoint).predict(...)

@@ -1,7 +1,7 @@
 """Entry points: the `genrenet` command (also `python -m genrenet`) and train.py, evaluate.py, predict.py.
 
 Each `run_*(argv, prog)` parses its arguments and calls the command module that does the work
-(genrenet.training, .crossval, .evaluation, .prediction). The `*_main(argv)` wrappers and `main`
+(genrenet.training, .crossval, .evaluation, .prediction, .export). The `*_main(argv)` wrappers and `main`
 turn a user's mistake into one line on stderr (see genrenet.errors.cli_entry).
 """
 
@@ -14,13 +14,15 @@ from pathlib import Path
 
 from genrenet import __version__, demo_data
 from genrenet.config import builtin_configs, load_config, with_changes
+from genrenet.classifier import Classifier
 from genrenet.crossval import cross_validate
 from genrenet.device import resolve_device
 from genrenet.errors import UserError, cli_entry, one_line
 from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_comparison, \
     write_report
+from genrenet.export import FORMATS as EXPORT_FORMATS, export_model
 from genrenet.plots import draw_timeline, write_plot
-from genrenet.prediction import expand_inputs, format_prediction, predict_file, prepare_predictor
+from genrenet.prediction import PredictOptions, expand_inputs, predict_library
 from genrenet.progress import quiet
 from genrenet.training import Interrupted, resume, train
 
@@ -145,48 +147,86 @@ evaluate_main = cli_entry(run_evaluate)
 def predict_args(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description="Predict the class (genre) of audio files with a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files or folders of audio files")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="audio files or folders of audio files")
+    parser.add_argument("--files-from", metavar="LIST", help="a text file naming one audio file per line (- for stdin)")
     parser.add_argument("--top-k", type=int, default=3, help="how many labels to show per file (default 3)")
-    parser.add_argument("--segments", action="store_true", help="add a timeline: start, end, label, probability per clip")
+    parser.add_argument("--segments", action="store_true",
+                        help="split each file into sections of one label: start, end, label, mean probability")
+    parser.add_argument("--smooth", type=int, default=3, metavar="CLIPS",
+                        help="with --segments: average clip probabilities over this many clips first (default 3; 1: off)")
+    parser.add_argument("--min-section", type=float, default=0.0, metavar="SECONDS",
+                        help="with --segments: a shorter section joins its longer neighbour (default 0: off)")
+    parser.add_argument("--clips", action="store_true", help="add every clip's decision: start, end, label, probability")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--output", metavar="RESULTS", help="write results to a .jsonl or .csv file, file by file")
+    parser.add_argument("--resume", action="store_true", help="with --output: skip the files already in it")
+    parser.add_argument("--embeddings", metavar="OUT.npy",
+                        help="write each file's embedding to OUT.npy, with the files in row order in OUT.json")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: the main process)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto (default): CUDA when PyTorch sees a GPU")
     parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw each file's timeline as sections of consecutive clips with the same label")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+                        help="draw each file's timeline of sections (as --segments finds them) as one image")
     add_quiet(parser, "print only the predictions, warnings and errors")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.files and not args.files_from:
+        parser.error("give audio files or folders, or --files-from LIST")
+    if args.resume and not args.output:
+        parser.error("--resume continues an --output file")
+    if args.output and args.json:
+        parser.error("--output writes the results file; --json prints them instead: pick one")
+    if args.output and args.output.lower().endswith(".csv") and (args.segments or args.clips):
+        parser.error("a .csv holds one row per file; use a .jsonl output for --segments or --clips")
+    for name in ("top_k", "smooth"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers < 0 or args.min_section < 0:
+        parser.error("--workers and --min-section cannot be negative")
+    return args
 
 
 def run_predict(argv=None, prog=None):
     args = predict_args(argv, prog)
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    predictor = prepare_predictor(args.checkpoint, resolve_device(args.device, setting="--device"))
-    paths = expand_inputs(args.files)
+    classifier = Classifier.load(args.checkpoint, resolve_device(args.device, setting="--device"))
+    paths = expand_inputs(args.files, args.files_from)
     if not paths:
         raise UserError("no audio files found in the given folders")
-    results, timelines, failed = [], [], 0
-    for path in paths:
-        try:
-            result = predict_file(path, predictor, args.top_k)
-        except UserError as error:  # one bad file must not stop the others
-            failed += 1
-            print(f"error: {one_line(str(error))}", file=sys.stderr)
-            results.append({"file": str(path), "error": str(error)})
-            continue
-        timelines.append(result)
-        results.append(result if args.segments else {k: v for k, v in result.items() if k != "segments"})
-        if not args.json:
-            print(format_prediction(result, args.segments))
+    sections = {"smooth": args.smooth, "min_seconds": args.min_section}
+    options = PredictOptions(
+        top_k=args.top_k, clips=args.clips, workers=args.workers, resume=args.resume, json=args.json,
+        sections=sections if args.segments or args.plot else None, keep=bool(args.plot), progress=not args.quiet,
+        output=Path(args.output) if args.output else None,
+        embeddings=Path(args.embeddings) if args.embeddings else None)
+    results = predict_library(classifier, paths, options)
     if args.json:
         print(json.dumps(results, indent=2))
-    if args.plot and timelines:
-        written = write_plot(draw_timeline(timelines), Path(args.plot))
+    if args.plot and any("sections" in r for r in results):
+        written = write_plot(draw_timeline([r for r in results if "sections" in r]), Path(args.plot))
         if written and not args.quiet:
             print(f"timeline plot written to {written}", file=sys.stderr)
-    return 1 if failed else 0
+    stats = options.stats
+    if (args.output or args.embeddings) and not args.quiet:
+        done = f", {stats['skipped']} already done" if stats["skipped"] else ""
+        pace = f", {stats['seconds'] / stats['wall']:.0f}x real time" if stats["wall"] > 0 and stats["seconds"] else ""
+        written = ", ".join(str(p) for p in (args.output, args.embeddings) if p)
+        print(f"{stats['files']} files predicted ({stats['failed']} failed{done}{pace}): {written}")
+    return 1 if stats["failed"] else 0
 
 
 predict_main = cli_entry(run_predict)
+
+
+def run_export(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Export a CNN checkpoint as one file that maps a mono waveform at the model's sample rate to class "
+        "probabilities and the embedding, with the mel front end inside."))
+    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
+    parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    parser.add_argument("--output", help="the file to write (default: beside the checkpoint, e.g. best.onnx)")
+    args = parser.parse_args(argv)
+    _, summary = export_model(args.checkpoint, args.format, args.output)
+    print(f"wrote {summary}")
+    return 0
 
 
 def run_demo(argv=None, prog=None):
@@ -221,6 +261,7 @@ COMMANDS = {
     "train": (run_train, "train a model from a YAML config or a built-in config name"),
     "evaluate": (run_evaluate, "report a checkpoint's accuracy on the test (or another) split"),
     "predict": (run_predict, "predict the genre (class) of audio files or folders"),
+    "export": (run_export, "write a CNN checkpoint as ONNX or TorchScript, waveform in, probabilities out"),
     "demo": (run_demo, "generate demo songs, train, evaluate and predict, in the current folder"),
 }
 

@@ -126,26 +126,9 @@ def draw_comparison(comparison: dict):
     return figure
 
 
-def sections(segments: list[dict]) -> list[dict]:
-    """Consecutive segments with the same label as one section (start of the first, end where the
-    next section starts or the last segment ends), with their mean probability."""
-    merged = []
-    for segment in segments:
-        if merged and merged[-1]["label"] == segment["label"]:
-            merged[-1]["end"] = segment["end"]
-            merged[-1]["probabilities"].append(segment["probability"])
-            continue
-        if merged:
-            merged[-1]["end"] = min(merged[-1]["end"], segment["start"])  # overlapping clips: the next one takes over
-        merged.append({"start": segment["start"], "end": segment["end"], "label": segment["label"],
-                       "probabilities": [segment["probability"]]})
-    return [{"start": s["start"], "end": s["end"], "label": s["label"],
-             "probability": round(float(np.mean(s["probabilities"])), 4)} for s in merged]
-
-
 def draw_timeline(results: list[dict]):
-    """One lane per file: its sections coloured by label."""
-    lanes = [(r["file"], sections(r["segments"])) for r in results]
+    """One lane per file: its sections (genrenet.classifier finds them) coloured by label."""
+    lanes = [(r["file"], r["sections"]) for r in results]
     names = sorted({s["label"] for _, parts in lanes for s in parts})
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
     figure, (axes,) = _figure(12, max(2.5, 1.2 + 0.6 * len(lanes)))
@@ -155,7 +138,7 @@ def draw_timeline(results: list[dict]):
     axes.set_yticks(range(len(lanes)), [Path(name).name for name, _ in lanes])
     axes.invert_yaxis()
     axes.set_xlabel("seconds")
-    axes.set_title("sections (consecutive clips with the same decision)")
+    axes.set_title("sections (consecutive clips of one label, after smoothing)")
     from matplotlib.patches import Patch
     axes.legend(handles=[Patch(color=colours[n], label=n) for n in names], loc="upper left",
                 bbox_to_anchor=(1.0, 1.0))

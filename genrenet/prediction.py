@@ -1,52 +1,54 @@
-"""Prediction: the genre (class) of any audio file, from a checkpoint alone.
+"""Prediction over files, folders or a whole library: the work behind `genrenet predict` / predict.py.
 
-For each file: the top-k labels with track probabilities (clips' log-probabilities averaged,
-then renormalized), and optionally a timeline of clip decisions.
+Scoring is genrenet.classifier.Classifier's; this module turns command-line inputs into a list of
+files, shows progress (files/s and how many times faster than real time), and writes results as
+they come: text, one JSON list, or a results file (.jsonl or .csv) flushed file by file, which a
+later run with resume=True continues. Embeddings go to a .npy file with a JSON index beside it.
 """
 
-from dataclasses import dataclass
+import csv
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Optional
 
-import torch
+import numpy as np
+from tqdm import tqdm
 
 from genrenet.audio import AUDIO_EXTENSIONS
-from genrenet.cache import compute_features, feature_extractor
-from genrenet.config import crop_frames
-from genrenet.errors import one_line
-from genrenet.scores import clip_log_probs, track_log_probs
-from genrenet.trained import TrainedModel, load_model
+from genrenet.classifier import Classifier
+from genrenet.errors import UserError, one_line
+
+CSV_COLUMNS = ["file", "label", "probability", "top", "seconds", "error"]
 
 
 @dataclass
-class Predictor:
-    trained: TrainedModel
-    device: torch.device
-    extractor: Callable  # waveforms [clips, samples] -> the model's features
+class PredictOptions:
+    top_k: int = 3
+    clips: bool = False  # every clip's decision
+    sections: Optional[dict] = None  # {"smooth": clips, "min_seconds": seconds}: merged sections
+    workers: int = 0
+    output: Optional[Path] = None  # .jsonl or .csv
+    resume: bool = False
+    embeddings: Optional[Path] = None  # .npy
+    json: bool = False  # one JSON list on stdout
+    keep: bool = False  # also return the results printed as text (to draw them)
+    progress: bool = True
+    stats: dict = field(default_factory=dict)  # filled in: files, failed, skipped, seconds, wall
 
 
-def prepare_predictor(checkpoint: str | Path, device: torch.device) -> Predictor:
-    trained = load_model(checkpoint, device)
-    return Predictor(trained, device, feature_extractor(trained.config))
-
-
-def predict_file(path: Path, predictor: Predictor, top_k: int = 3) -> dict:
-    config, labels = predictor.trained.config, predictor.trained.labels
-    features = compute_features(path, config, predictor.extractor)
-    clip_scores = clip_log_probs(predictor.trained.model, [features], predictor.device, window=crop_frames(config))[0]
-    track_probs = track_log_probs([clip_scores])[0].exp()
-    top = torch.topk(track_probs, min(top_k, len(labels)))
-    clip_probs, clip_labels = clip_scores.exp().max(dim=1)
-    hop, length = config.audio.hop_seconds, config.audio.clip_seconds
-    return {"file": str(path),
-            "top": [{"label": labels[i], "probability": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())],
-            "segments": [{"start": round(i * hop, 3), "end": round(i * hop + length, 3), "label": labels[c],
-                          "probability": round(p, 4)}
-                         for i, (p, c) in enumerate(zip(clip_probs.tolist(), clip_labels.tolist()))]}
-
-
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given; folders become the audio files inside them."""
+def expand_inputs(items: list[str], files_from: Optional[str] = None) -> list[Path]:
+    """Files as given (and those listed one per line in files_from); folders become the audio files inside them."""
+    if files_from:
+        try:
+            listed = Path(files_from).read_text().splitlines() if files_from != "-" else sys.stdin.read().splitlines()
+        except OSError as error:
+            raise UserError(f"--files-from {files_from}: cannot read ({error.strerror or error})") from None
+        items = list(items) + [line for line in listed if line.strip()]
     paths = []
     for item in items:
         path = Path(item)
@@ -57,12 +59,131 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return paths
 
 
-def format_prediction(result: dict, segments: bool) -> str:
+def predict_library(classifier: Classifier, paths: list[Path], options: PredictOptions) -> list[dict]:
+    """Predict every path, writing each result as it comes; returns the results not written to a file."""
+    writer = ResultsFile(options.output, options.resume) if options.output else None
+    done = writer.done if writer else set()
+    todo = [p for p in paths if str(p) not in done]
+    vectors = EmbeddingsFile(options.embeddings, options.resume) if options.embeddings else None
+    stats = options.stats
+    stats.update(files=len(todo), failed=0, skipped=len(paths) - len(todo), seconds=0.0)
+    kept, start = [], time.perf_counter()
+    bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=None if options.progress else True)
+    try:
+        for result in classifier.predict_many(todo, options.top_k, options.workers, options.clips,
+                                              options.sections, embeddings=vectors is not None):
+            if "error" in result:
+                stats["failed"] += 1
+                tqdm.write(f"error: {one_line(result['error'])}", file=sys.stderr)
+            else:
+                stats["seconds"] += result["seconds"]
+                if vectors:
+                    vectors.add(result["file"], result.pop("embedding"))
+            if writer:
+                writer.write(result)
+            if options.json or options.keep:
+                kept.append(result)
+            if not writer and not options.json and "error" not in result:
+                tqdm.write(format_prediction(result), file=sys.stdout)
+            bar.update()
+            bar.set_postfix_str(f"{stats['seconds'] / max(time.perf_counter() - start, 1e-9):.0f}x real time",
+                                refresh=False)
+    finally:  # Ctrl-C keeps what is done: the results file is already flushed, embeddings are saved here
+        bar.close()
+        stats["wall"] = time.perf_counter() - start
+        if writer:
+            writer.close()
+        if vectors:
+            vectors.save()
+    return kept
+
+
+def format_prediction(result: dict) -> str:
     lines = [one_line(result["file"])]  # a newline in a file name must not start a new line
     width = max(len(t["label"]) for t in result["top"])
     lines += [f"  {rank}. {t['label']:<{width}}  {t['probability']:.3f}" for rank, t in enumerate(result["top"], 1)]
-    if segments:
-        lines.append("  timeline (seconds, clip decision):")
-        lines += [f"    {s['start']:8.2f} - {s['end']:8.2f}  {s['label']}  {s['probability']:.3f}"
-                  for s in result["segments"]]
+    for key, title in (("sections", "sections"), ("clips", "clips")):
+        if key in result:
+            lines.append(f"  {title} (seconds, label, probability):")
+            lines += [f"    {s['start']:8.2f} - {s['end']:8.2f}  {s['label']}  {s['probability']:.3f}"
+                      for s in result[key]]
     return "\n".join(lines)
+
+
+class ResultsFile:
+    """Results appended file by file to .jsonl or .csv and flushed, so a crash loses only the files
+    in flight; with resume, the files already there are skipped (error rows included)."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path, self.csv = Path(path), Path(path).suffix.lower() == ".csv"
+        if Path(path).suffix.lower() not in (".jsonl", ".csv"):
+            raise UserError(f"--output {path}: give a .jsonl or .csv file")
+        if self.path.exists() and not resume:
+            raise UserError(f"{self.path} already exists; add --resume to continue it, or remove it")
+        self.done = self._read_done() if self.path.exists() else set()
+        try:
+            self.file = open(self.path, "a", newline="" if self.csv else None, encoding="utf-8")
+        except OSError as error:
+            raise UserError(f"--output {self.path}: cannot write ({error.strerror or error})") from None
+        self.rows = csv.DictWriter(self.file, CSV_COLUMNS) if self.csv else None
+        if self.csv and not self.done and self.file.tell() == 0:
+            self.rows.writeheader()
+
+    def _read_done(self) -> set[str]:
+        data = self.path.read_bytes()
+        complete = data[:data.rfind(b"\n") + 1]
+        if len(complete) < len(data):  # a line cut short by a crash: drop it, that file runs again
+            os.truncate(self.path, len(complete))
+        text = complete.decode("utf-8", errors="replace")
+        if self.csv:
+            return {row["file"] for row in csv.DictReader(io.StringIO(text)) if row.get("file")}
+        try:
+            return {json.loads(line)["file"] for line in text.splitlines() if line.strip()}
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"--resume: {self.path} holds a line that is not a result of genrenet predict") from None
+
+    def write(self, result: dict) -> None:
+        if self.csv:
+            self.rows.writerow(csv_row(result))
+        else:
+            self.file.write(json.dumps(result) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def csv_row(result: dict) -> dict:
+    if "error" in result:
+        return {"file": result["file"], "error": result["error"]}
+    top = result["top"]
+    return {"file": result["file"], "label": top[0]["label"], "probability": top[0]["probability"],
+            "top": ";".join(f"{t['label']}:{t['probability']}" for t in top), "seconds": result["seconds"]}
+
+
+class EmbeddingsFile:
+    """Track embeddings as one [files, dim] float32 .npy, and beside it a .json index naming the file
+    of each row; with resume, an earlier run's rows are kept."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path, self.index = Path(path), Path(path).with_suffix(".json")
+        if self.path.suffix != ".npy":
+            raise UserError(f"--embeddings {path}: give a .npy file")
+        self.files, self.vectors = [], []
+        if resume and self.path.exists() and self.index.exists():
+            self.files = json.loads(self.index.read_text())["files"]
+            self.vectors = list(np.load(self.path))
+
+    def add(self, file: str, vector: np.ndarray) -> None:
+        self.files.append(file)
+        self.vectors.append(vector.astype(np.float32))
+
+    def save(self) -> None:
+        if not self.vectors:
+            return
+        for target, write in ((self.path, lambda f: np.save(f, np.stack(self.vectors))),
+                              (self.index, lambda f: f.write(json.dumps({"files": self.files}).encode()))):
+            temp = target.with_name(f".{target.name}.tmp")
+            with open(temp, "wb") as file:
+                write(file)
+            os.replace(temp, target)  # never half a file

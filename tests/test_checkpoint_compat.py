@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import make_class_folder
 from genrenet.checkpoint import VERSION, load_checkpoint
 from genrenet.evaluation import evaluate
-from genrenet.prediction import predict_file, prepare_predictor
+from genrenet.classifier import Classifier
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "v1_expected.json").read_text())
@@ -31,9 +30,9 @@ def test_format_1_checkpoint_is_upgraded_on_load(kind, name):
 @pytest.mark.parametrize("kind", ["cnn", "svm"])
 def test_format_1_checkpoint_predicts_as_it_did(tmp_path, kind):
     unseen = make_class_folder(tmp_path / "unseen", per_class=1, seconds=1.0, seed=7)
-    predictor = prepare_predictor(FIXTURES / f"v1_{kind}.pt", torch.device("cpu"))
+    classifier = Classifier.load(FIXTURES / f"v1_{kind}.pt", device="cpu")
     for file, expected in EXPECTED[kind].items():
-        top = predict_file(unseen / file, predictor)["top"]
+        top = classifier.predict(unseen / file)["top"]
         assert [t["label"] for t in top] == [t["label"] for t in expected], file
         for got, want in zip(top, expected):
             assert got["probability"] == pytest.approx(want["probability"], abs=1.5e-4), file

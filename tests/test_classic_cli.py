@@ -60,15 +60,15 @@ def test_classic_evaluate_reports_like_the_cnn(trained, name):
     assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
 
 
-def test_classic_predict_gives_top_k_and_segments(trained):
+def test_classic_predict_gives_top_k_and_clips(trained):
     data, runs = trained
     sample = sorted((data / "noise").glob("*.wav"))[0]
-    result = run("predict.py", "--checkpoint", runs["random_forest"] / "best.pt", sample, "--json", "--segments")
+    result = run("predict.py", "--checkpoint", runs["random_forest"] / "best.pt", sample, "--json", "--clips")
     assert result.returncode == 0, result.stderr
     [prediction] = json.loads(result.stdout)
     assert prediction["top"][0]["label"] == "noise"
     assert len(prediction["top"]) == 3
-    assert [s["start"] for s in prediction["segments"]] == [0.0, 0.5, 1.0, 1.5]  # 2 s in 0.5 s clips
+    assert [s["start"] for s in prediction["clips"]] == [0.0, 0.5, 1.0, 1.5]  # 2 s in 0.5 s clips
 
 
 def test_side_by_side_report_lists_every_model(trained):
@@ -130,7 +130,7 @@ def test_svm_fits_few_shot_data(tmp_path, capsys, tracks, note):
     from conftest import tiny_config_dict
     from genrenet.config import from_dict
     from genrenet.evaluation import evaluate
-    from genrenet.prediction import predict_file, prepare_predictor
+    from genrenet.classifier import Classifier
     from genrenet.training import train
 
     data = make_class_folder(tmp_path / "data", per_class=tracks, seconds=0.5)  # one 0.5 s clip per track
@@ -141,9 +141,9 @@ def test_svm_fits_few_shot_data(tmp_path, capsys, tracks, note):
     assert note in capsys.readouterr().out
     report = evaluate(run_dir / "best.pt")
     assert report["track"]["n"] == 3
-    predictor = prepare_predictor(run_dir / "best.pt", "cpu")
+    classifier = Classifier.load(run_dir / "best.pt", device="cpu")
     for sample in sorted(data.glob("*/*.wav")):
-        prediction = predict_file(sample, predictor)
+        prediction = classifier.predict(sample)
         assert len(prediction["top"]) == 3
         assert sum(t["probability"] for t in prediction["top"]) == pytest.approx(1.0, abs=1e-3)
 

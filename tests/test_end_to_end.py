@@ -94,10 +94,10 @@ def fresh_files(trained):
             for i, label in enumerate(CLASSES)}
 
 
-def test_predict_json_with_segments(trained, fresh_files):
+def test_predict_json_with_clips(trained, fresh_files):
     work = trained[0]
     result = run_script("predict.py", "--checkpoint", work / "run" / "best.pt", work / "new", "--json",
-                        "--segments", "--top-k", "2")
+                        "--clips", "--top-k", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout)
     assert sorted(r["file"] for r in results) == sorted(str(p) for p in fresh_files.values())
@@ -110,7 +110,7 @@ def test_predict_json_with_segments(trained, fresh_files):
         assert probabilities == sorted(probabilities, reverse=True)
         assert all(0 <= p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-3
         assert top[0]["probability"] > 0.5
-        segments = item["segments"]
+        segments = item["clips"]
         assert [(s["start"], s["end"]) for s in segments] == [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, 2.0)]
         assert all(s["label"] in CLASSES and 0 < s["probability"] <= 1 for s in segments)
         assert sum(s["label"] == label for s in segments) >= 3
@@ -120,7 +120,7 @@ def test_predict_bad_file_does_not_stop_the_good_one(trained, fresh_files):
     work = trained[0]
     bad = write_garbage(work / "new_bad" / "broken.wav")
     good = fresh_files["tone"]
-    result = run_script("predict.py", "--checkpoint", work / "run" / "best.pt", bad, good, "--segments")
+    result = run_script("predict.py", "--checkpoint", work / "run" / "best.pt", bad, good, "--clips")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
@@ -129,8 +129,8 @@ def test_predict_bad_file_does_not_stop_the_good_one(trained, fresh_files):
     out = result.stdout.splitlines()
     assert out[0] == str(good)
     assert out[1].split()[:2] == ["1.", "tone"]
-    assert "timeline" in result.stdout
-    assert sum(1 for line in out if " - " in line) == 4  # one timeline row per clip
+    assert "clips (seconds, label, probability):" in result.stdout
+    assert sum(1 for line in out if " - " in line) == 4  # one row per clip
 
 
 def test_predict_piped_into_a_reader_that_stops_early(trained, fresh_files):

@@ -113,12 +113,12 @@ def test_cross_validation_chart_and_many_class_confusion(tmp_path):
                                          tmp_path / "many.png"))
 
 
-def test_sections_merge_consecutive_equal_labels():
-    rows = [{"start": s, "end": s + 2.0, "label": label, "probability": p}
-            for s, label, p in ((0, "jazz", 0.9), (1, "jazz", 0.7), (2, "metal", 0.6), (3, "jazz", 0.5))]
-    assert plots.sections(rows) == [{"start": 0, "end": 2, "label": "jazz", "probability": 0.8},
-                                    {"start": 2, "end": 3, "label": "metal", "probability": 0.6},
-                                    {"start": 3, "end": 5.0, "label": "jazz", "probability": 0.5}]
+def test_timeline_draws_the_sections_it_is_given():
+    sections = [{"start": 0.0, "end": 2.0, "label": "jazz", "probability": 0.8},
+                {"start": 2.0, "end": 5.5, "label": "metal", "probability": 0.6}]
+    figure = plots.draw_timeline([{"file": "mix.wav", "sections": sections}])
+    bars = figure.axes[0].collections[0].get_paths()
+    assert [(b.get_extents().x0, b.get_extents().x1) for b in bars] == [(0.0, 2.0), (2.0, 5.5)]
 
 
 def test_predict_plot_draws_a_timeline(trained, tmp_path, capsys):

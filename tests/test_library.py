@@ -1,0 +1,113 @@
+"""`genrenet predict` over a library: workers, results files (.jsonl/.csv) with --resume, error rows,
+--files-from, --embeddings, and --segments splitting a long recording where its genre changes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import class_signal, make_class_folder, tiny_config_dict, write_audio
+from genrenet import cli
+from genrenet.config import from_dict
+from genrenet.training import train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("library")
+    data = make_class_folder(tmp / "data", per_class=6)
+    return str(train(from_dict(tiny_config_dict(tmp, data, train={"epochs": 4}))) / "best.pt")
+
+
+@pytest.fixture
+def library(tmp_path):
+    """Two folders of mixed formats and one file that is not audio."""
+    files = [write_audio(tmp_path / "lib" / folder / f"{label}.{ext}", class_signal(label, 1.5, seed=i))
+             for i, (folder, label, ext) in enumerate([("a", "tone", "wav"), ("a", "noise", "flac"),
+                                                       ("b", "clicks", "ogg"), ("b", "tone", "mp3")])]
+    bad = tmp_path / "lib" / "b" / "broken.wav"
+    bad.write_bytes(b"not audio at all")
+    return tmp_path / "lib", sorted([*files, bad])
+
+
+def predict(*args):
+    return cli.main(["predict", *map(str, args)])
+
+
+def test_three_genres_back_to_back_are_split_where_they_change(checkpoint, tmp_path, capsys):
+    pieces = [class_signal(label, 3.0, seed=40 + i) for i, label in enumerate(["tone", "noise", "clicks"])]
+    mix = np.concatenate([0.9 * p / np.abs(p).max() for p in pieces])  # each piece mastered to the same peak
+    path = write_audio(tmp_path / "mix.wav", mix)
+    assert predict("--checkpoint", checkpoint, path, "--segments", "--json") == 0
+    [result] = json.loads(capsys.readouterr().out)
+    sections = result["sections"]
+    assert [s["label"] for s in sections] == ["tone", "noise", "clicks"]
+    for found, true in zip([s["start"] for s in sections[1:]], [3.0, 6.0]):
+        assert abs(found - true) <= 0.5  # within one clip
+    assert sections[0]["start"] == 0.0 and sections[-1]["end"] == 9.0
+    assert all(0.5 < s["probability"] <= 1.0 for s in sections) and "clips" not in result
+
+
+def test_clips_keeps_the_raw_rows(checkpoint, library, capsys):
+    _, files = library
+    assert predict("--checkpoint", checkpoint, files[0], "--clips") == 0
+    out = capsys.readouterr().out
+    assert "clips (seconds, label, probability):" in out and len([l for l in out.splitlines() if " - " in l]) == 3
+
+
+def test_results_file_with_workers_error_rows_and_resume(checkpoint, library, tmp_path, capsys):
+    folder, files = library
+    output = tmp_path / "results.jsonl"
+    assert predict("--checkpoint", checkpoint, folder, "--output", output, "--workers", "2") == 1  # one bad file
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    broken = next(r for r in rows if r["file"].endswith("broken.wav"))
+    assert set(broken) == {"file", "error"} and broken["error"].startswith(broken["file"] + ": ")
+    assert all(r["top"][0]["label"] in r["file"] for r in rows if "top" in r)
+    assert "5 files predicted (1 failed" in capsys.readouterr().out
+
+    assert predict("--checkpoint", checkpoint, folder, "--output", output) == 2  # never overwritten silently
+    assert "--resume" in capsys.readouterr().err
+
+    # a crash mid-line: the cut line is dropped and its file runs again, the others are skipped
+    text = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(text[:3]) + text[3][:10])  # the error row stays done
+    extra = write_audio(folder / "c" / "noise.wav", class_signal("noise", 1.0, seed=9))
+    assert predict("--checkpoint", checkpoint, folder, "--output", output, "--resume") == 0
+    assert "3 files predicted (0 failed, 3 already done" in capsys.readouterr().out
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(r["file"] for r in rows) == sorted(map(str, [*files, extra]))
+
+
+def test_csv_rows_and_files_from(checkpoint, library, tmp_path):
+    _, files = library
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    output = tmp_path / "results.csv"
+    assert predict("--checkpoint", checkpoint, "--files-from", listing, "--output", output, "--top-k", "2") == 1
+    with open(output, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["file", "label", "probability", "top", "seconds", "error"]
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 4 and all(r["label"] in r["file"] and r["top"].count(":") == 2 for r in good)
+    assert float(good[0]["seconds"]) == 1.5
+
+
+def test_embeddings_with_an_index(checkpoint, library, tmp_path):
+    folder, files = library
+    out = tmp_path / "emb.npy"
+    assert predict("--checkpoint", checkpoint, folder, "--embeddings", out) == 1
+    vectors, index = np.load(out), json.loads((tmp_path / "emb.json").read_text())
+    assert index["files"] == [str(f) for f in files if f.name != "broken.wav"]
+    assert vectors.shape[0] == 4 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("args, message", [(["--resume"], "--resume continues an --output file"),
+                                           (["--output", "r.csv", "--segments"], "use a .jsonl output"),
+                                           ([], "give audio files or folders")])
+def test_option_mistakes_are_usage_errors(checkpoint, args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["predict", "--checkpoint", checkpoint, *args] + (["x.wav"] if args else []))
+    assert stop.value.code == 2 and message in capsys.readouterr().err
