@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from table import report
 from genrenet.config import load_config
 from genrenet.crossval import cross_validate
+from table import report
 
 # Variant name -> (what it changes, --set overrides). "full" is the config as it stands.
 VARIANTS = {
@@ -29,12 +29,21 @@ VARIANTS = {
     "no_mixup": ("no mixup", ["augment.mixup_alpha=0"]),
     "no_label_smoothing": ("no label smoothing", ["train.label_smoothing=0"]),
     "no_weight_decay": ("AdamW without weight decay", ["train.weight_decay=0"]),
-    "constant_lr": ("constant learning rate, no warm-up or cosine decay",
-                    ["train.schedule=constant", "train.warmup_epochs=0"]),
+    "constant_lr": (
+        "constant learning rate, no warm-up or cosine decay",
+        ["train.schedule=constant", "train.warmup_epochs=0"],
+    ),
     "small_cnn": ("the original small_cnn in place of resnet_cnn", ["model.name=small_cnn"]),
-    "no_augmentation": ("no crop, gain, masks or mixup at all",
-                        ["augment.crop_seconds=null", "augment.gain_db=0", "augment.freq_masks=0",
-                         "augment.time_masks=0", "augment.mixup_alpha=0"]),
+    "no_augmentation": (
+        "no crop, gain, masks or mixup at all",
+        [
+            "augment.crop_seconds=null",
+            "augment.gain_db=0",
+            "augment.freq_masks=0",
+            "augment.time_masks=0",
+            "augment.mixup_alpha=0",
+        ],
+    ),
 }
 
 
@@ -52,16 +61,31 @@ def main(argv=None) -> int:
         print(f"\n=== {name}: {change} ===", flush=True)
         config = load_config(args.config, overrides + [f"run.dir={runs_dir / name}"])
         summary = cross_validate(config)
-        rows.append({"variant": name, "change": change, "overrides": overrides,
-                     "accuracy": summary["mean_track_accuracy"], "std": summary["std_track_accuracy"],
-                     "folds": [r["track_accuracy"] for r in summary["folds"]], "seconds": summary["seconds"]})
+        rows.append(
+            {
+                "variant": name,
+                "change": change,
+                "overrides": overrides,
+                "accuracy": summary["mean_track_accuracy"],
+                "std": summary["std_track_accuracy"],
+                "folds": [r["track_accuracy"] for r in summary["folds"]],
+                "seconds": summary["seconds"],
+            }
+        )
 
     full = next((r["accuracy"] for r in rows if r["variant"] == "full"), None)
     header = ["variant", "5-fold accuracy", "vs full", "folds", "wall time", "change"]
-    table = [[r["variant"], f"{100 * r['accuracy']:.1f} ± {100 * r['std']:.1f}%",
-              "-" if full is None or r["variant"] == "full" else f"{100 * (r['accuracy'] - full):+.1f}",
-              " ".join(f"{100 * a:.1f}" for a in r["folds"]), _minutes(r["seconds"]), r["change"]]
-             for r in rows]
+    table = [
+        [
+            r["variant"],
+            f"{100 * r['accuracy']:.1f} ± {100 * r['std']:.1f}%",
+            "-" if full is None or r["variant"] == "full" else f"{100 * (r['accuracy'] - full):+.1f}",
+            " ".join(f"{100 * a:.1f}" for a in r["folds"]),
+            _minutes(r["seconds"]),
+            r["change"],
+        ]
+        for r in rows
+    ]
     report(header, table, runs_dir / "ablation.json", {"config": args.config, "variants": rows})
     return 0
 

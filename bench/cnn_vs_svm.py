@@ -19,25 +19,39 @@ import sys
 import time
 from pathlib import Path
 
-from table import report
 from genrenet.config import load_config, with_changes
 from genrenet.crossval import cross_validate, fold_numbers
 from genrenet.evaluation import evaluate
 from genrenet.registry import model_entry
 from genrenet.training import train
+from table import report
 
 # The targets for the CNN: ESC-10 5-fold mean >= 92% in <= 30 min on 2 cores; FSDD >= 99.5%.
 BENCHES = {
-    "esc10": {"protocol": "5-fold CV", "cnn": "configs/esc10.yaml", "svm": "configs/esc10_svm.yaml",
-              "target_acc": 0.92, "target_seconds": 30 * 60},
-    "fsdd": {"protocol": "official split", "cnn": "configs/fsdd.yaml", "svm": "configs/fsdd_svm.yaml",
-             "target_acc": 0.995, "target_seconds": None},
+    "esc10": {
+        "protocol": "5-fold CV",
+        "cnn": "configs/esc10.yaml",
+        "svm": "configs/esc10_svm.yaml",
+        "target_acc": 0.92,
+        "target_seconds": 30 * 60,
+    },
+    "fsdd": {
+        "protocol": "official split",
+        "cnn": "configs/fsdd.yaml",
+        "svm": "configs/fsdd_svm.yaml",
+        "target_acc": 0.995,
+        "target_seconds": None,
+    },
 }
 
 
 def quick(config):
     """Smoke-test settings: 2 epochs without warm-up for a model trained by steps."""
-    return config if model_entry(config.model.name).fitted else with_changes(config, train={"epochs": 2, "warmup_epochs": 0})
+    return (
+        config
+        if model_entry(config.model.name).fitted
+        else with_changes(config, train={"epochs": 2, "warmup_epochs": 0})
+    )
 
 
 def run_cv(config_path: str, run_dir: Path, is_quick: bool) -> dict:
@@ -47,9 +61,13 @@ def run_cv(config_path: str, run_dir: Path, is_quick: bool) -> dict:
     started = time.time()
     summary = cross_validate(config, overwrite=True, folds=fold_numbers(config)[:2] if is_quick else None)
     seconds = time.time() - started
-    return {"model": _title(config), "accuracy": summary["mean_track_accuracy"],
-            "std": summary["std_track_accuracy"], "folds": [r["track_accuracy"] for r in summary["folds"]],
-            "seconds": seconds}
+    return {
+        "model": _title(config),
+        "accuracy": summary["mean_track_accuracy"],
+        "std": summary["std_track_accuracy"],
+        "folds": [r["track_accuracy"] for r in summary["folds"]],
+        "seconds": seconds,
+    }
 
 
 def run_split(config_path: str, run_dir: Path, is_quick: bool) -> dict:
@@ -61,8 +79,13 @@ def run_split(config_path: str, run_dir: Path, is_quick: bool) -> dict:
     report = evaluate(run_dir / "best.pt", "test")
     seconds = time.time() - started
     track = report["track"]
-    return {"model": _title(config), "accuracy": track["accuracy"], "ci95": track["accuracy_ci95"],
-            "n": track["n"], "seconds": seconds}
+    return {
+        "model": _title(config),
+        "accuracy": track["accuracy"],
+        "ci95": track["accuracy_ci95"],
+        "n": track["n"],
+        "seconds": seconds,
+    }
 
 
 def _title(config) -> str:
@@ -91,21 +114,37 @@ def main(argv=None) -> int:
         for kind in ("svm", "cnn"):
             print(f"\n=== {name}: {kind} ({bench[kind]}) ===", flush=True)
             row = runner(bench[kind], runs_dir / f"{name}_{kind}", args.quick)
-            row.update(dataset=name, protocol=bench["protocol"] + (" (quick)" if args.quick else ""),
-                       kind=kind, config=bench[kind])
+            row.update(
+                dataset=name,
+                protocol=bench["protocol"] + (" (quick)" if args.quick else ""),
+                kind=kind,
+                config=bench[kind],
+            )
             if kind == "cnn":
-                row["target"] = (f">= {100 * bench['target_acc']:.1f}%" +
-                                 (f", <= {bench['target_seconds'] // 60} min" if bench["target_seconds"] else ""))
+                row["target"] = f">= {100 * bench['target_acc']:.1f}%" + (
+                    f", <= {bench['target_seconds'] // 60} min" if bench["target_seconds"] else ""
+                )
                 row["met"] = row["accuracy"] >= bench["target_acc"] and (
-                    bench["target_seconds"] is None or row["seconds"] <= bench["target_seconds"])
+                    bench["target_seconds"] is None or row["seconds"] <= bench["target_seconds"]
+                )
             pair[kind] = row
             results.append(row)
         pair["cnn"]["cnn_above_svm"] = pair["cnn"]["accuracy"] > pair["svm"]["accuracy"]
 
     header = ["dataset", "protocol", "model", "accuracy", "wall time", "target", "met", "CNN above SVM"]
-    table = [[r["dataset"], r["protocol"], r["model"], fmt_acc(r), f"{r['seconds'] / 60:.1f} min",
-              r.get("target", "-"), ("yes" if r["met"] else "no") if "met" in r else "-",
-              ("yes" if r["cnn_above_svm"] else "no") if "cnn_above_svm" in r else "-"] for r in results]
+    table = [
+        [
+            r["dataset"],
+            r["protocol"],
+            r["model"],
+            fmt_acc(r),
+            f"{r['seconds'] / 60:.1f} min",
+            r.get("target", "-"),
+            ("yes" if r["met"] else "no") if "met" in r else "-",
+            ("yes" if r["cnn_above_svm"] else "no") if "cnn_above_svm" in r else "-",
+        ]
+        for r in results
+    ]
     report(header, table, runs_dir / "cnn_vs_svm.json", {"quick": args.quick, "results": results})
     return 0
 

@@ -55,11 +55,17 @@ def write_music(path: Path, seconds: float, seed: int = 0) -> Path:
 
 
 def tiny_checkpoint(folder: Path) -> Path:
-    config = from_dict({"data": {"path": str(folder)},
-                        "audio": {"sample_rate": 8000, "clip_seconds": 3.0, "hop_seconds": 3.0},
-                        "features": {"n_fft": 512, "hop_length": 256, "n_mels": 16},
-                        "model": {"width": 4, "dropout": 0.0},
-                        "train": {"device": "cpu"}, "run": {"dir": str(folder / "run")}}, source="bench")
+    config = from_dict(
+        {
+            "data": {"path": str(folder)},
+            "audio": {"sample_rate": 8000, "clip_seconds": 3.0, "hop_seconds": 3.0},
+            "features": {"n_fft": 512, "hop_length": 256, "n_mels": 16},
+            "model": {"width": 4, "dropout": 0.0},
+            "train": {"device": "cpu"},
+            "run": {"dir": str(folder / "run")},
+        },
+        source="bench",
+    )
     model = build_model(config, len(LABELS))
     path = folder / "tiny.pt"
     save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config), labels=LABELS, epoch=0, metrics={})
@@ -69,8 +75,13 @@ def tiny_checkpoint(folder: Path) -> Path:
 def predict_peak_rss(checkpoint: Path, audio: Path) -> tuple[int, float, str]:
     """(peak RSS in bytes, seconds, stdout) of one `python predict.py` run."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "predict.py", "--checkpoint", str(checkpoint), str(audio)],
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "predict.py", "--checkpoint", str(checkpoint), str(audio)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = process.stdout.read(), process.stderr.read()  # small: top-k lines only
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -95,15 +106,20 @@ def main():
         checkpoint = tiny_checkpoint(folder)
         short = write_music(folder / "short.wav", args.short_minutes * 60)
         long = write_music(folder / "long.wav", args.hours * 3600, seed=1)
-        print(f"generated {short.stat().st_size / 1e6:.0f} MB and {long.stat().st_size / 1e9:.2f} GB of "
-              f"{RATE} Hz stereo WAV in {time.perf_counter() - began:.0f} s", flush=True)
+        print(
+            f"generated {short.stat().st_size / 1e6:.0f} MB and {long.stat().st_size / 1e9:.2f} GB of "
+            f"{RATE} Hz stereo WAV in {time.perf_counter() - began:.0f} s",
+            flush=True,
+        )
         rows = []
         for name, path in [(f"{args.short_minutes:g} min", short), (f"{args.hours:g} h", long)]:
             peak, seconds, stdout = predict_peak_rss(checkpoint, path)
             rows.append(peak)
             top = stdout.splitlines()[1].strip() if len(stdout.splitlines()) > 1 else "?"
-            print(f"{name:>8}: peak RSS {peak / 2**20:7.1f} MiB   predict.py took {seconds:6.1f} s   (top: {top})",
-                  flush=True)
+            print(
+                f"{name:>8}: peak RSS {peak / 2**20:7.1f} MiB   predict.py took {seconds:6.1f} s   (top: {top})",
+                flush=True,
+            )
         ratio = rows[1] / rows[0]
         print(f"ratio {ratio:.3f} (limit {args.limit}); whole bench {time.perf_counter() - began:.0f} s")
         return 0 if ratio <= args.limit else 1

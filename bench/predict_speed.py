@@ -52,8 +52,14 @@ def make_library(folder: Path, tracks: int, seconds: float) -> list[Path]:
 def make_checkpoint(path: Path):
     config = from_dict({"model": {"name": "small_cnn"}})
     model = build_model(config, 10)
-    save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config),
-                    labels=[f"genre{i}" for i in range(10)], epoch=0, metrics={})
+    save_checkpoint(
+        path,
+        model_state=model.state_dict(),
+        config=to_dict(config),
+        labels=[f"genre{i}" for i in range(10)],
+        epoch=0,
+        metrics={},
+    )
     return config
 
 
@@ -70,20 +76,25 @@ class BareFiles(torch.utils.data.Dataset):
         mono = mono * (10 ** (self.audio.peak_dbfs / 20) / mono.abs().max().clamp_min(1e-8))
         mono = torchaudio.functional.resample(mono, rate, self.audio.sample_rate)
         clip = round(self.audio.clip_seconds * self.audio.sample_rate)
-        clips = mono[:len(mono) // clip * clip].reshape(-1, clip)  # hop == clip in the default config
+        clips = mono[: len(mono) // clip * clip].reshape(-1, clip)  # hop == clip in the default config
         return self.mel(clips), len(samples) / rate
 
 
 def bare(paths, config, model, workers: int) -> float:
     """Audio seconds predicted; the forward pass scores every batch of files' clips at once."""
-    loader = torch.utils.data.DataLoader(BareFiles(paths, config), batch_size=16, num_workers=workers,
-                                         collate_fn=list, worker_init_fn=lambda _: torch.set_num_threads(1))
+    loader = torch.utils.data.DataLoader(
+        BareFiles(paths, config),
+        batch_size=16,
+        num_workers=workers,
+        collate_fn=list,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )
     seconds = 0.0
     with torch.no_grad():
         for batch in loader:
             flat = torch.cat([features for features, _ in batch]).unsqueeze(1)
             for start in range(0, len(flat), 256):
-                torch.log_softmax(model(flat[start:start + 256])["logits"], dim=1)
+                torch.log_softmax(model(flat[start : start + 256])["logits"], dim=1)
             seconds += sum(s for _, s in batch)
     return seconds
 
@@ -108,8 +119,10 @@ def main(argv=None):
     classifier = Classifier.load(folder / "model.pt", device="cpu")
     product = timed(lambda: sum(r["seconds"] for r in classifier.predict_many(paths, workers=args.workers)))
     bare_speed = timed(lambda: bare(paths, config, classifier.trained.model, args.workers))
-    print(f"{args.tracks} tracks x {args.seconds:g} s ({', '.join(f for f, _, _ in FORMATS)}), "
-          f"{args.workers} workers, {torch.get_num_threads()} threads for the forward pass")
+    print(
+        f"{args.tracks} tracks x {args.seconds:g} s ({', '.join(f for f, _, _ in FORMATS)}), "
+        f"{args.workers} workers, {torch.get_num_threads()} threads for the forward pass"
+    )
     print(f"product (genrenet predict):  {product:7.1f}x real time")
     print(f"bare pipeline (no pydub):    {bare_speed:7.1f}x real time")
     print(f"ratio product / bare:        {product / bare_speed:7.2f}  (target >= 0.8)")

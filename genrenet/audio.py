@@ -45,8 +45,22 @@ BLOCK_FRAMES = 1 << 16  # frames decoded at a time (1.5 s at 44.1 kHz)
 BATCH_SAMPLES = 1 << 22  # samples (at the file's rate) in one batch of clips by default: 16 MB as float32
 
 # Extensions libsndfile reads; anything else needs ffmpeg.
-SOUNDFILE_EXTENSIONS = {".wav", ".wave", ".au", ".snd", ".flac", ".ogg", ".oga", ".opus",
-                        ".mp3", ".aif", ".aiff", ".caf", ".w64", ".rf64"}
+SOUNDFILE_EXTENSIONS = {
+    ".wav",
+    ".wave",
+    ".au",
+    ".snd",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aif",
+    ".aiff",
+    ".caf",
+    ".w64",
+    ".rf64",
+}
 FFMPEG_EXTENSIONS = {".m4a", ".aac", ".wma", ".mp4", ".webm", ".mka", ".ac3", ".amr"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
@@ -132,8 +146,10 @@ class PcmStream:
             raise AudioError(f"{self.path}: cannot decode ({_soundfile_reason(error)})") from None
         if complaints and not self.warned:  # decoded, but the decoder skipped damaged data
             self.warned = True
-            print(f"warning: {self.path}: damaged data skipped while decoding ({_library_reason(complaints)})",
-                  file=sys.stderr)
+            print(
+                f"warning: {self.path}: damaged data skipped while decoding ({_library_reason(complaints)})",
+                file=sys.stderr,
+            )
 
     def peak(self) -> int:
         """The largest |sample| of the whole file as 16-bit PCM: a streaming pass over it."""
@@ -164,8 +180,10 @@ def open_stream(path: str | Path, block_frames: int | None = None) -> PcmStream:
             return PcmStream(path, rate, channels, use_ffmpeg=True, block_frames=block_frames)
         if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
             raise AudioError(f"{path}: cannot decode ({_soundfile_reason(error)})") from None
-        raise AudioError(f"{path}: {path.suffix or 'this'} files need ffmpeg; install it "
-                         "(apt install ffmpeg, brew install ffmpeg, or conda install ffmpeg)") from None
+        raise AudioError(
+            f"{path}: {path.suffix or 'this'} files need ffmpeg; install it "
+            "(apt install ffmpeg, brew install ffmpeg, or conda install ffmpeg)"
+        ) from None
     return PcmStream(path, int(rate), channels, use_ffmpeg=False, block_frames=block_frames)
 
 
@@ -187,8 +205,9 @@ def prepare(segment: AudioSegment, config: AudioConfig) -> AudioSegment:
         segment = effects.normalize(segment, headroom=-config.peak_dbfs)
     if config.strip_silence:
         # seek_step: scanning every millisecond (pydub's default) is needlessly slow for music.
-        spans = silence.detect_nonsilent(segment, min_silence_len=config.min_silence_ms,
-                                         silence_thresh=config.silence_dbfs, seek_step=10)
+        spans = silence.detect_nonsilent(
+            segment, min_silence_len=config.min_silence_ms, silence_thresh=config.silence_dbfs, seek_step=10
+        )
         if spans:
             segment = functools.reduce(lambda a, b: a + b, (segment[start:end] for start, end in spans))
     return segment
@@ -202,7 +221,7 @@ def cut_clips(segment: AudioSegment, clip_seconds: float, hop_seconds: float) ->
         padding = AudioSegment.silent(duration=clip_ms - len(segment), frame_rate=segment.frame_rate)
         return [segment + padding.set_sample_width(segment.sample_width)]
     count = 1 + (len(segment) - clip_ms) // hop_ms
-    return [segment[i * hop_ms:i * hop_ms + clip_ms] for i in range(count)]
+    return [segment[i * hop_ms : i * hop_ms + clip_ms] for i in range(count)]
 
 
 def peak_gain_db(peak: int, peak_dbfs: float) -> float | None:
@@ -233,8 +252,10 @@ def _clip_batches(path, config: AudioConfig, max_clips: int | None) -> Iterator[
     if config.strip_silence:
         segment = decode(path)
         rate = _plausible_rate(path, segment.frame_rate)
-        clips = (_fit(_samples(clip), round(config.clip_seconds * rate))
-                 for clip in cut_clips(prepare(segment, config), config.clip_seconds, config.hop_seconds))
+        clips = (
+            _fit(_samples(clip), round(config.clip_seconds * rate))
+            for clip in cut_clips(prepare(segment, config), config.clip_seconds, config.hop_seconds)
+        )
     else:
         stream = open_stream(path)
         rate = _plausible_rate(path, stream.rate)
@@ -261,8 +282,9 @@ def _plausible_rate(path, rate: int) -> int:
     return rate
 
 
-def _cut_stream(path, blocks: Iterator[np.ndarray], rate: int, clip_seconds: float, hop_seconds: float,
-                gain_db: float | None) -> Iterator[np.ndarray]:
+def _cut_stream(
+    path, blocks: Iterator[np.ndarray], rate: int, clip_seconds: float, hop_seconds: float, gain_db: float | None
+) -> Iterator[np.ndarray]:
     """Float clips of round(clip_seconds * rate) samples cut from PCM blocks as they arrive, with
     exactly the boundaries of cut_clips (pydub slices in milliseconds: clip i spans frames
     int(i * hop_ms * rate / 1000) to int((i * hop_ms + clip_ms) * rate / 1000)); each clip becomes a
@@ -290,7 +312,7 @@ def _cut_stream(path, blocks: Iterator[np.ndarray], rate: int, clip_seconds: flo
         if known <= clip_ms:  # may still be a short track, padded to one clip at the end
             continue
         while (i * hop_ms + clip_ms <= known) and frame(i * hop_ms + clip_ms) <= total:
-            yield clip(kept[frame(i * hop_ms) - offset:frame(i * hop_ms + clip_ms) - offset])
+            yield clip(kept[frame(i * hop_ms) - offset : frame(i * hop_ms + clip_ms) - offset])
             i += 1
         drop = min(frame(i * hop_ms) - offset, len(kept))
         kept, offset = kept[drop:], offset + drop
@@ -301,7 +323,7 @@ def _cut_stream(path, blocks: Iterator[np.ndarray], rate: int, clip_seconds: flo
         yield clip(kept)
         return
     while i * hop_ms + clip_ms <= known:  # the last clips; frames past the end are silence, as in pydub
-        yield clip(kept[frame(i * hop_ms) - offset:min(frame(i * hop_ms + clip_ms), total) - offset])
+        yield clip(kept[frame(i * hop_ms) - offset : min(frame(i * hop_ms + clip_ms), total) - offset])
         i += 1
 
 
@@ -344,9 +366,24 @@ def to_pcm16(mono: np.ndarray) -> np.ndarray:
 
 def _ffprobe(path: Path) -> tuple[int, int]:
     """Sample rate and channel count of a file's first audio stream, from ffprobe."""
-    result = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                             "stream=sample_rate,channels", "-of", "json", f"file:{path}"],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    result = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels",
+            "-of",
+            "json",
+            f"file:{path}",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
     if result.returncode != 0:
         raise AudioError(f"{path}: cannot decode ({_last_line(Exception(result.stderr))})")
     streams = json.loads(result.stdout or "{}").get("streams") or []
@@ -358,8 +395,23 @@ def _ffprobe(path: Path) -> tuple[int, int]:
 def _ffmpeg_blocks(path: Path, channels: int, block_frames: int) -> Iterator[np.ndarray]:
     """Mono 16-bit PCM blocks of a file's first audio stream at its own rate, read from an ffmpeg
     pipe (32-bit float samples, downmixed here as for soundfile)."""
-    command = ["ffmpeg", "-nostdin", "-v", "error", "-i", f"file:{path}", "-map", "0:a:0", "-ac", str(channels),
-               "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        f"file:{path}",
+        "-map",
+        "0:a:0",
+        "-ac",
+        str(channels),
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     frame_bytes = 4 * channels
     with tempfile.TemporaryFile() as messages:  # a file, not a pipe: a chatty ffmpeg cannot block on it
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=messages)

@@ -1,11 +1,10 @@
 """Training-time augmentation of log-mel batches [batch, 1, n_mels, frames] in dB, and mixup.
 
-All randomness comes from torch's global RNG, so a seeded run augments the same way every time. No soft cross-entropy is defined here:
+All randomness comes from torch's global RNG, so a seeded run augments the same way every time.
+No soft cross-entropy is defined here:
 torch.nn.functional.cross_entropy takes probability targets and applies label_smoothing to them
 (target * (1 - eps) + eps / classes), which is what mixup's soft targets need.
 """
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +25,16 @@ class SpectrogramAugment(torch.nn.Module):
     Zero or None switches an augmentation off; in eval mode the input is returned as it is.
     """
 
-    def __init__(self, crop_frames: Optional[int] = None, gain_db: float = 0.0,
-                 freq_masks: int = 0, freq_mask_width: int = 0, time_masks: int = 0, time_mask_width: int = 0,
-                 shift_frames: int = 0):
+    def __init__(
+        self,
+        crop_frames: int | None = None,
+        gain_db: float = 0.0,
+        freq_masks: int = 0,
+        freq_mask_width: int = 0,
+        time_masks: int = 0,
+        time_mask_width: int = 0,
+        shift_frames: int = 0,
+    ):
         super().__init__()
         self.shift_frames = shift_frames
         self.crop_frames = crop_frames or None
@@ -37,8 +43,11 @@ class SpectrogramAugment(torch.nn.Module):
         self.time_masks, self.time_mask_width = time_masks, time_mask_width
 
     def extra_repr(self) -> str:
-        return (f"crop_frames={self.crop_frames}, gain_db={self.gain_db}, freq_masks={self.freq_masks}x"
-                f"{self.freq_mask_width}, time_masks={self.time_masks}x{self.time_mask_width}, shift_frames={self.shift_frames}")
+        return (
+            f"crop_frames={self.crop_frames}, gain_db={self.gain_db}, freq_masks={self.freq_masks}x"
+            f"{self.freq_mask_width}, time_masks={self.time_masks}x{self.time_mask_width}, "
+            f"shift_frames={self.shift_frames}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -78,7 +87,7 @@ def random_roll(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     return x.gather(-1, index[:, None, None, :].expand(x.shape))
 
 
-def band_masks(batch: int, size: int, count: int, max_width: int, device) -> Optional[torch.Tensor]:
+def band_masks(batch: int, size: int, count: int, max_width: int, device) -> torch.Tensor | None:
     """[batch, size] booleans: the union of `count` bands per example, each of a width uniform in
     [0, max_width] (capped at size) at a uniform start; None when masking is off."""
     if count <= 0 or max_width <= 0:

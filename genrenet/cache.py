@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from genrenet.audio import iter_clip_batches
-from genrenet.fileio import atomic_save
 from genrenet.config import Config, preprocessing_key, to_dict
 from genrenet.errors import UserError
+from genrenet.fileio import atomic_save
 from genrenet.progress import progress
 from genrenet.registry import features_of
 
@@ -33,12 +33,16 @@ class FeatureCache:
             settings = self.dir / "settings.json"
             if not settings.exists():  # for people browsing the cache folder
                 full = to_dict(config)
-                settings.write_text(json.dumps({"audio": full["audio"], "features": full["features"],
-                                                "kind": self.kind.name}, indent=2))
+                settings.write_text(
+                    json.dumps({"audio": full["audio"], "features": full["features"], "kind": self.kind.name}, indent=2)
+                )
         except OSError as error:  # found before decoding: a read-only warm cache still serves what it holds
             self.writable = False
-            print(f"warning: the feature cache {self.dir} cannot be written ({error.strerror or error}); "
-                  "features it lacks are computed but not kept", file=sys.stderr)
+            print(
+                f"warning: the feature cache {self.dir} cannot be written ({error.strerror or error}); "
+                "features it lacks are computed but not kept",
+                file=sys.stderr,
+            )
 
     def entry(self, audio_path: Path) -> Path:
         stat = Path(audio_path).stat()
@@ -65,8 +69,7 @@ class FeatureCache:
             atomic_save({"features": features}, self.entry(audio_path))
         except OSError as error:  # a full disk: go on without caching rather than lose the run
             self.writable = False
-            print(f"warning: stopped writing the feature cache {self.dir} ({error.strerror or error})",
-                  file=sys.stderr)
+            print(f"warning: stopped writing the feature cache {self.dir} ({error.strerror or error})", file=sys.stderr)
 
 
 def feature_extractor(config: Config):
@@ -98,11 +101,16 @@ def cached_features(paths: list[Path], config: Config, desc: str = "features"):
     missing = [i for i, r in enumerate(results) if r is None]
     failures = {}
     if missing:
-        loader = torch.utils.data.DataLoader(_Extraction([paths[i] for i in missing], config), batch_size=None,
-                                             num_workers=config.data.num_workers, worker_init_fn=_one_thread)
+        loader = torch.utils.data.DataLoader(
+            _Extraction([paths[i] for i in missing], config),
+            batch_size=None,
+            num_workers=config.data.num_workers,
+            worker_init_fn=_one_thread,
+        )
         # The progress report is zip's first iterable, so it sees its own end (and reports it).
-        for (features, problem), i in zip(progress(loader, total=len(missing), desc=f"{desc} ({len(missing)} new)",
-                                                   unit="file"), missing):
+        for (features, problem), i in zip(
+            progress(loader, total=len(missing), desc=f"{desc} ({len(missing)} new)", unit="file"), missing
+        ):
             if problem:
                 failures[paths[i]] = problem
             else:

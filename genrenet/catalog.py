@@ -14,8 +14,12 @@ def handcrafted_extractor(config):
     """Waveforms [clips, samples] -> handcrafted statistics [clips, features] (genrenet.handcrafted)."""
     from genrenet.handcrafted import HandcraftedFeatures  # librosa loads slowly; only the classic models need it
 
-    return HandcraftedFeatures(config.audio.sample_rate, n_fft=config.features.n_fft,
-                               hop_length=config.features.hop_length, n_mfcc=config.features.n_mfcc)
+    return HandcraftedFeatures(
+        config.audio.sample_rate,
+        n_fft=config.features.n_fft,
+        hop_length=config.features.hop_length,
+        n_mfcc=config.features.n_mfcc,
+    )
 
 
 def handcrafted_width(config) -> int:
@@ -24,13 +28,16 @@ def handcrafted_width(config) -> int:
     return len(feature_names(config.features.n_mfcc))
 
 
-register_features(FeatureKind("mel", extractor=mel_extractor, width=lambda config: config.features.n_mels,
-                              framed=True))
+register_features(FeatureKind("mel", extractor=mel_extractor, width=lambda config: config.features.n_mels, framed=True))
 register_features(FeatureKind("handcrafted", extractor=handcrafted_extractor, width=handcrafted_width, framed=False))
 
 register_model(ModelEntry("small_cnn", CNNSettings, "mel", SmallCNN.from_settings, family="cnn"))
 register_model(ModelEntry("resnet_cnn", CNNSettings, "mel", ResidualCNN.from_settings, family="cnn"))
-register_model(ModelEntry("svm", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True,
-                          family="classic"))
-register_model(ModelEntry("random_forest", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True,
-                          family="classic"))
+register_model(
+    ModelEntry("svm", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True, family="classic")
+)
+register_model(
+    ModelEntry(
+        "random_forest", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True, family="classic"
+    )
+)

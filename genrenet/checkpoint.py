@@ -22,12 +22,28 @@ VERSION = 2
 REQUIRED = {"model_state": dict, "config": dict, "labels": list, "epoch": int}
 
 
-def save_checkpoint(path, *, model_state: dict, config: dict, labels: list[str], epoch: int, metrics: dict,
-                    split: dict | None = None, training_state: dict | None = None) -> None:
+def save_checkpoint(
+    path,
+    *,
+    model_state: dict,
+    config: dict,
+    labels: list[str],
+    epoch: int,
+    metrics: dict,
+    split: dict | None = None,
+    training_state: dict | None = None,
+) -> None:
     """split: the tracks of each split (genrenet.recorded_split); training_state (optimizer,
     scheduler, progress, RNG) goes into last.pt only, to resume a run."""
-    state = {"format": FORMAT, "version": VERSION, "model_state": model_state, "config": config,
-             "labels": list(labels), "epoch": epoch, "metrics": metrics}
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_state": model_state,
+        "config": config,
+        "labels": list(labels),
+        "epoch": epoch,
+        "metrics": metrics,
+    }
     if split is not None:
         state["split"] = split
     if training_state is not None:
@@ -48,16 +64,20 @@ def load_checkpoint(path) -> dict:
         if "Weights only load failed" in str(error):  # pickled objects: never unpickle them
             found = re.search(r"GLOBAL ([\w.]+)", str(error))
             what = f"the Python object '{found.group(1)}'" if found else "pickled Python objects"
-            raise UserError(f"{path}: refused: it holds {what}, which could run code when loaded; "
-                            "genrenet checkpoints hold only tensors and plain data") from None
+            raise UserError(
+                f"{path}: refused: it holds {what}, which could run code when loaded; "
+                "genrenet checkpoints hold only tensors and plain data"
+            ) from None
         raise UserError(f"{path}: not a genrenet checkpoint (not a file PyTorch can read)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a genrenet checkpoint")
     if state.get("version") == 1:
         state = upgrade_from_version_1(state)
     if state.get("version") != VERSION:
-        raise UserError(f"{path}: checkpoint version {state.get('version')} is not supported (this genrenet reads "
-                        f"1 and {VERSION}); use the genrenet version that wrote it")
+        raise UserError(
+            f"{path}: checkpoint version {state.get('version')} is not supported (this genrenet reads "
+            f"1 and {VERSION}); use the genrenet version that wrote it"
+        )
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):
             raise UserError(f"{path}: damaged checkpoint: '{key}' is missing or not a {kind.__name__}")

@@ -6,15 +6,16 @@ code. The bytes fit in a genrenet checkpoint as a uint8 tensor (ClassicModel's s
 torch.load(weights_only=True) reads back as plain data.
 """
 
-from typing import Literal, Optional, Union
-
 import json
 import zipfile
 import zlib
+from typing import Literal
 
 import numpy as np
 import skops.io
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
 from sklearn.ensemble import RandomForestClassifier
@@ -22,9 +23,6 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-
-from pydantic import Field
-from pydantic.dataclasses import dataclass
 
 from genrenet.config import STRICT
 from genrenet.errors import UserError, error_line
@@ -35,13 +33,16 @@ KINDS = ("svm", "random_forest")
 @dataclass(config=STRICT)
 class ClassicSettings:
     """The model section of the classic models (svm, random_forest); each uses its own keys."""
+
     name: Literal["svm", "random_forest"] = "svm"
     standardize: bool = True  # scale each feature to zero mean, unit variance
     svm_c: float = Field(10.0, gt=0.0)
     svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
-    svm_gamma: Union[Literal["scale", "auto"], float] = "scale"
+    svm_gamma: Literal["scale", "auto"] | float = "scale"
     rf_trees: int = Field(300, gt=0, le=100_000)
-    rf_max_depth: Optional[int] = Field(None, gt=0)
+    rf_max_depth: int | None = Field(None, gt=0)
+
+
 MIN_PROBABILITY = 1e-7  # floor before the log: a class the model rules out must not become -inf
 CALIBRATION_FOLDS = 5  # at most; fewer when the smallest class has fewer training clips (see fit_classifier)
 
@@ -49,19 +50,30 @@ CALIBRATION_FOLDS = 5  # at most; fewer when the smallest class has fewer traini
 # the SVM's probability calibration and, when a class has a single training clip, the frozen SVC
 # that calibration wraps. Everything else in them (the Pipeline, scaler, SVC, forest, numpy
 # arrays and dtypes) is on skops' own trusted list.
-ALLOWED_TYPES = frozenset({
-    "sklearn.tree._tree.Tree",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.frozen._frozen.FrozenEstimator",
-})
+ALLOWED_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.frozen._frozen.FrozenEstimator",
+    }
+)
 STEP_TYPES = {"scale": StandardScaler, "svm": CalibratedClassifierCV, "random_forest": RandomForestClassifier}
 PLAIN = (str, int, float, bool, type(None), np.generic)
 
 
-def build_classifier(kind: str, *, svm_c: float = 10.0, svm_kernel: str = "rbf", svm_gamma: str | float = "scale",
-                     rf_trees: int = 300, rf_max_depth: int | None = None, standardize: bool = True,
-                     seed: int = 0, calibration_folds: int = CALIBRATION_FOLDS) -> Pipeline:
+def build_classifier(
+    kind: str,
+    *,
+    svm_c: float = 10.0,
+    svm_kernel: str = "rbf",
+    svm_gamma: str | float = "scale",
+    rf_trees: int = 300,
+    rf_max_depth: int | None = None,
+    standardize: bool = True,
+    seed: int = 0,
+    calibration_folds: int = CALIBRATION_FOLDS,
+) -> Pipeline:
     """An unfitted Pipeline: optional standardization, then an SVM or random forest with predict_proba.
 
     Its .fit needs calibration_folds training clips of every class for the SVM; fit_classifier
@@ -69,8 +81,9 @@ def build_classifier(kind: str, *, svm_c: float = 10.0, svm_kernel: str = "rbf",
     if kind == "svm":
         # Platt-scaled probabilities from k-fold cross-validation, as SVC(probability=True) does;
         # scikit-learn 1.9 deprecates that flag in favour of exactly this wrapper.
-        step = CalibratedClassifierCV(SVC(C=svm_c, kernel=svm_kernel, gamma=svm_gamma), method="sigmoid",
-                                      cv=calibration_folds, ensemble=False)
+        step = CalibratedClassifierCV(
+            SVC(C=svm_c, kernel=svm_kernel, gamma=svm_gamma), method="sigmoid", cv=calibration_folds, ensemble=False
+        )
     elif kind == "random_forest":
         step = RandomForestClassifier(n_estimators=rf_trees, max_depth=rf_max_depth, n_jobs=-1, random_state=seed)
     else:
@@ -78,7 +91,7 @@ def build_classifier(kind: str, *, svm_c: float = 10.0, svm_kernel: str = "rbf",
     return Pipeline(([("scale", StandardScaler())] if standardize else []) + [(kind, step)])
 
 
-def fit_classifier(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> Optional[str]:
+def fit_classifier(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> str | None:
     """Fit a pipeline of build_classifier in place; returns a line saying how the SVM's probability
     calibration was adapted to few clips per class, or None when it was not.
 
@@ -97,8 +110,7 @@ def fit_classifier(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> Optional
     if smallest >= 2:
         calibrated.set_params(cv=smallest)
         pipeline.fit(x, y)
-        return (f"svm: probability calibration with {smallest}-fold cross-validation "
-                f"(the smallest class has {clips})")
+        return f"svm: probability calibration with {smallest}-fold cross-validation (the smallest class has {clips})"
     scaled = pipeline[:-1].fit_transform(x, y) if len(pipeline) > 1 else x
     svc = clone(calibrated.estimator).fit(scaled, y)
     # A frozen estimator is not refitted, so the one split below (calibrate on every clip) is all
@@ -107,8 +119,10 @@ def fit_classifier(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> Optional
     calibrated.set_params(estimator=FrozenEstimator(svc), cv=[(everything, everything)])
     calibrated.fit(scaled, y)
     calibrated.set_params(cv=None)
-    return (f"svm: probability calibration on the training clips themselves, without cross-validation "
-            f"(the smallest class has {clips}, none to hold out)")
+    return (
+        f"svm: probability calibration on the training clips themselves, without cross-validation "
+        f"(the smallest class has {clips}, none to hold out)"
+    )
 
 
 def to_bytes(model: Pipeline) -> bytes:
@@ -125,8 +139,9 @@ def from_bytes(data: bytes) -> Pipeline:
         raise _unreadable(error) from None
     unexpected = [name for name in found if name not in ALLOWED_TYPES]
     if unexpected:
-        raise UserError(f"refusing to load classic model: it contains type '{unexpected[0]}', "
-                        "which genrenet does not create")
+        raise UserError(
+            f"refusing to load classic model: it contains type '{unexpected[0]}', which genrenet does not create"
+        )
     try:
         model = skops.io.loads(bytes(data), trusted=found)
     except Exception as error:
@@ -143,8 +158,9 @@ def _unreadable(error: Exception) -> UserError:
     send the user after pickles or zip tools; anything else keeps the library's own line."""
     if _from_numpy_reader(error):  # an array member holds garbage (numpy then speaks of pickled data)
         return UserError(f"not a readable classic model ({DAMAGED}: an array in it is not readable)")
-    if isinstance(error, (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError,
-                          KeyError)):
+    if isinstance(
+        error, (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError, KeyError)
+    ):
         return UserError(f"not a readable classic model ({DAMAGED}: {error_line(error)})")
     return UserError(f"not a readable classic model ({error_line(error)})")
 
@@ -166,8 +182,9 @@ def clip_log_probs(model: Pipeline, features: list[torch.Tensor], num_classes: i
     """
     classes = np.asarray(model.classes_).astype(int)
     if classes.min() < 0 or classes.max() >= num_classes:
-        raise UserError(f"classic model predicts label indices up to {classes.max()}, "
-                        f"but there are only {num_classes} labels")
+        raise UserError(
+            f"classic model predicts label indices up to {classes.max()}, but there are only {num_classes} labels"
+        )
     sizes = [len(f) for f in features]
     probabilities = np.full((sum(sizes), num_classes), MIN_PROBABILITY)
     if sum(sizes):
@@ -185,7 +202,7 @@ class ClassicModel(torch.nn.Module):
     def __init__(self, settings: ClassicSettings, num_classes: int):
         super().__init__()
         self.settings, self.num_classes = settings, num_classes
-        self.pipeline: Optional[Pipeline] = None
+        self.pipeline: Pipeline | None = None
         self.register_buffer("sklearn", torch.zeros(0, dtype=torch.uint8))
 
     @classmethod
@@ -195,9 +212,16 @@ class ClassicModel(torch.nn.Module):
     def fit(self, features: torch.Tensor, targets: torch.Tensor, seed: int) -> None:
         """Fit on every training clip at once: features [clips, 1, features], targets [clips]."""
         s = self.settings
-        pipeline = build_classifier(s.name, svm_c=s.svm_c, svm_kernel=s.svm_kernel, svm_gamma=s.svm_gamma,
-                                    rf_trees=s.rf_trees, rf_max_depth=s.rf_max_depth, standardize=s.standardize,
-                                    seed=seed)
+        pipeline = build_classifier(
+            s.name,
+            svm_c=s.svm_c,
+            svm_kernel=s.svm_kernel,
+            svm_gamma=s.svm_gamma,
+            rf_trees=s.rf_trees,
+            rf_max_depth=s.rf_max_depth,
+            standardize=s.standardize,
+            seed=seed,
+        )
         try:
             note = fit_classifier(pipeline, features.reshape(len(features), -1).double().numpy(), targets.numpy())
         except ValueError as error:  # e.g. a single class in the training clips
@@ -250,8 +274,9 @@ def _check_svc(where: str, estimator) -> None:
 
 def _check_estimator(where: str, estimator, cls) -> None:
     if type(estimator) is not cls:
-        raise UserError(f"refusing to load classic model: '{where}' holds a {type(estimator).__name__}, "
-                        f"expected {cls.__name__}")
+        raise UserError(
+            f"refusing to load classic model: '{where}' holds a {type(estimator).__name__}, expected {cls.__name__}"
+        )
     for key, value in estimator.get_params(deep=False).items():
         if key != "estimator" and not isinstance(value, PLAIN):  # a callable kernel, say
             raise UserError(f"refusing to load classic model: setting '{where}.{key}' holds a {type(value).__name__}")

@@ -11,8 +11,8 @@ the clips of several files in one forward pass.
 
 import math
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import soundfile
@@ -54,7 +54,7 @@ class Classifier:
     def sample_rate(self) -> int:
         return self.config.audio.sample_rate
 
-    def features(self, item, sample_rate: Optional[int] = None) -> torch.Tensor:
+    def features(self, item, sample_rate: int | None = None) -> torch.Tensor:
         """The model's features of every clip of a file path, or of an array [samples] or
         [samples, channels] of floats in [-1, 1] at sample_rate."""
         if isinstance(item, (str, Path)):
@@ -71,8 +71,9 @@ class Classifier:
             soundfile.write(path, samples, int(sample_rate), subtype="FLOAT")
             return compute_features(path, self.config, self.extractor)
 
-    def predict(self, item, sample_rate: Optional[int] = None, top_k: int = 3, clips: bool = False,
-                sections: Optional[dict] = None) -> dict:
+    def predict(
+        self, item, sample_rate: int | None = None, top_k: int = 3, clips: bool = False, sections: dict | None = None
+    ) -> dict:
         """{"top": [{"label", "probability"}, ...], "seconds": ...} for one path or array; clips=True
         adds every clip's decision, sections={"smooth": 3, "min_seconds": 0} the merged sections."""
         features = self.features(item, sample_rate)
@@ -80,9 +81,16 @@ class Classifier:
         result = describe(scores, self.labels, self.config.audio, top_k, clips, sections)
         return {"file": str(item), **result} if isinstance(item, (str, Path)) else result
 
-    def predict_many(self, paths: Iterable, top_k: int = 3, workers: int = 0, clips: bool = False,
-                     sections: Optional[dict] = None, embeddings: bool = False,
-                     files_per_batch: int = 16) -> Iterator[dict]:
+    def predict_many(
+        self,
+        paths: Iterable,
+        top_k: int = 3,
+        workers: int = 0,
+        clips: bool = False,
+        sections: dict | None = None,
+        embeddings: bool = False,
+        files_per_batch: int = 16,
+    ) -> Iterator[dict]:
         """One result per path, in order, as predict gives them, plus {"embedding": numpy} when asked.
         A file that cannot be read yields {"file", "error"} and the others go on."""
         for batch in self._batches([Path(p) for p in paths], workers, files_per_batch):
@@ -93,13 +101,15 @@ class Classifier:
                 if row["features"] is None:
                     yield {"file": str(row["path"]), "error": row["error"]}
                     continue
-                result = {"file": str(row["path"]),
-                          **describe(next(scores), self.labels, self.config.audio, top_k, clips, sections)}
+                result = {
+                    "file": str(row["path"]),
+                    **describe(next(scores), self.labels, self.config.audio, top_k, clips, sections),
+                }
                 if embeddings:
                     result["embedding"] = next(vectors).mean(dim=0).numpy()
                 yield result
 
-    def embed(self, item, sample_rate: Optional[int] = None, per_clip: bool = False):
+    def embed(self, item, sample_rate: int | None = None, per_clip: bool = False):
         """The model's embedding of a path or array: the mean over its clips, a numpy vector; with
         per_clip=True, (that vector, [clips, dim] array)."""
         [vectors] = self.clip_embeddings([self.features(item, sample_rate)])
@@ -108,8 +118,9 @@ class Classifier:
 
     def clip_scores(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per file, [clips, classes] log-probabilities; all files' clips share forward passes."""
-        return clip_log_probs(self.trained.model, features, self.device, batch_size=CLIPS_PER_FORWARD,
-                              window=crop_frames(self.config))
+        return clip_log_probs(
+            self.trained.model, features, self.device, batch_size=CLIPS_PER_FORWARD, window=crop_frames(self.config)
+        )
 
     @torch.no_grad()
     def clip_embeddings(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -117,7 +128,7 @@ class Classifier:
         flat = torch.cat(features) if features else torch.empty(0)
         outputs = []
         for start in range(0, len(flat), CLIPS_PER_FORWARD):
-            batch = flat[start:start + CLIPS_PER_FORWARD].float().unsqueeze(1).to(self.device)
+            batch = flat[start : start + CLIPS_PER_FORWARD].float().unsqueeze(1).to(self.device)
             output = self.trained.model(batch)
             if "embedding" not in output:
                 raise UserError(f"model '{self.config.model.name}' has no embedding (only the CNNs have one)")
@@ -127,9 +138,15 @@ class Classifier:
 
     def _batches(self, paths: list[Path], workers: int, files_per_batch: int) -> Iterator[list[dict]]:
         loader = torch.utils.data.DataLoader(
-            _Decode(paths, self.config, self.extractor), batch_size=files_per_batch, num_workers=workers,
-            collate_fn=list, worker_init_fn=_one_thread, pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+            _Decode(paths, self.config, self.extractor),
+            batch_size=files_per_batch,
+            num_workers=workers,
+            collate_fn=list,
+            worker_init_fn=_one_thread,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
         yield from loader
 
 
@@ -157,21 +174,31 @@ def _one_thread(_worker_id):
     torch.set_num_threads(1)  # workers already run in parallel; more threads only contend
 
 
-def describe(scores: torch.Tensor, labels: list[str], audio, top_k: int, clips: bool = False,
-             sections: Optional[dict] = None) -> dict:
+def describe(
+    scores: torch.Tensor, labels: list[str], audio, top_k: int, clips: bool = False, sections: dict | None = None
+) -> dict:
     """One file's result from its [clips, classes] log-probabilities: the top-k labels of the track
     decision (mean clip log-probability, renormalized), its length, and clips or sections on request."""
     track = track_log_probs([scores])[0].exp()
     top = torch.topk(track, min(top_k, len(labels)))
-    result = {"top": [{"label": labels[i], "probability": round(p, 4)}
-                      for p, i in zip(top.values.tolist(), top.indices.tolist())],
-              "seconds": round(clip_end(len(scores) - 1, audio), 3)}
+    result = {
+        "top": [
+            {"label": labels[i], "probability": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())
+        ],
+        "seconds": round(clip_end(len(scores) - 1, audio), 3),
+    }
     probs = scores.exp()
     if clips:
         best, which = probs.max(dim=1)
-        result["clips"] = [{"start": round(i * audio.hop_seconds, 3), "end": round(clip_end(i, audio), 3),
-                            "label": labels[c], "probability": round(p, 4)}
-                           for i, (p, c) in enumerate(zip(best.tolist(), which.tolist()))]
+        result["clips"] = [
+            {
+                "start": round(i * audio.hop_seconds, 3),
+                "end": round(clip_end(i, audio), 3),
+                "label": labels[c],
+                "probability": round(p, 4),
+            }
+            for i, (p, c) in enumerate(zip(best.tolist(), which.tolist()))
+        ]
     if sections is not None:
         result["sections"] = [{**s, "label": labels[s["label"]]} for s in find_sections(probs, audio, **sections)]
     return result
@@ -197,12 +224,17 @@ def find_sections(probs: torch.Tensor, audio, smooth: int = 3, min_seconds: floa
         into = max(neighbours, key=lambda i: runs[i][2] - runs[i][1])
         label = runs[into][0]
         start, end = min(runs[short][1], runs[into][1]), max(runs[short][2], runs[into][2])
-        runs[min(short, into):max(short, into) + 1] = [(label, start, end)]
+        runs[min(short, into) : max(short, into) + 1] = [(label, start, end)]
         runs = _runs([label for label, first, last in runs for _ in range(first, last)])
-    return [{"start": round(first * audio.hop_seconds, 3),
-             "end": round(runs[n + 1][1] * audio.hop_seconds if n + 1 < len(runs) else clip_end(last - 1, audio), 3),
-             "label": label, "probability": round(smoothed[first:last, label].mean().item(), 4)}
-            for n, (label, first, last) in enumerate(runs)]
+    return [
+        {
+            "start": round(first * audio.hop_seconds, 3),
+            "end": round(runs[n + 1][1] * audio.hop_seconds if n + 1 < len(runs) else clip_end(last - 1, audio), 3),
+            "label": label,
+            "probability": round(smoothed[first:last, label].mean().item(), 4),
+        }
+        for n, (label, first, last) in enumerate(runs)
+    ]
 
 
 def _moving_average(probs: torch.Tensor, width: int) -> torch.Tensor:
@@ -210,8 +242,9 @@ def _moving_average(probs: torch.Tensor, width: int) -> torch.Tensor:
     kernel = torch.ones(1, 1, width, dtype=probs.dtype)
     pad = (width // 2, width - 1 - width // 2)
     sums = torch.nn.functional.conv1d(torch.nn.functional.pad(probs.T.unsqueeze(1), pad), kernel)
-    counts = torch.nn.functional.conv1d(torch.nn.functional.pad(torch.ones(1, 1, len(probs), dtype=probs.dtype), pad),
-                                        kernel)
+    counts = torch.nn.functional.conv1d(
+        torch.nn.functional.pad(torch.ones(1, 1, len(probs), dtype=probs.dtype), pad), kernel
+    )
     return (sums / counts).squeeze(1).T
 
 

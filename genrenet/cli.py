@@ -13,14 +13,21 @@ import sys
 from pathlib import Path
 
 from genrenet import __version__, demo_data
-from genrenet.config import builtin_configs, load_config, with_changes
 from genrenet.classifier import Classifier
+from genrenet.config import builtin_configs, load_config, with_changes
 from genrenet.crossval import cross_validate
 from genrenet.device import resolve_device
-from genrenet.errors import UserError, cli_entry, one_line
-from genrenet.evaluation import compare_reports, default_report_path, evaluate, format_report, write_comparison, \
-    write_report
-from genrenet.export import FORMATS as EXPORT_FORMATS, export_model
+from genrenet.errors import UserError, cli_entry
+from genrenet.evaluation import (
+    compare_reports,
+    default_report_path,
+    evaluate,
+    format_report,
+    write_comparison,
+    write_report,
+)
+from genrenet.export import FORMATS as EXPORT_FORMATS
+from genrenet.export import export_model
 from genrenet.plots import draw_timeline, write_plot
 from genrenet.prediction import PredictOptions, expand_inputs, predict_library
 from genrenet.progress import quiet
@@ -29,22 +36,33 @@ from genrenet.training import Interrupted, resume, train
 
 def train_args(argv=None, prog=None):
     parser = argparse.ArgumentParser(prog=prog, description="Train an audio classifier from a YAML config.")
-    parser.add_argument("--config", help="YAML config file, or a built-in config by name: " + ", ".join(builtin_configs()))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument(
+        "--config", help="YAML config file, or a built-in config by name: " + ", ".join(builtin_configs())
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=5 (repeatable)",
+    )
     parser.add_argument("--fold", type=int, help="test fold of a dataset with a fold column (same as data.fold)")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in run.dir")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
-    parser.add_argument("--cv", action="store_true",
-                        help="cross-validate: train and evaluate every fold of the data's fold column")
+    parser.add_argument(
+        "--cv", action="store_true", help="cross-validate: train and evaluate every fold of the data's fold column"
+    )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots (same as --set run.plots=false)")
     add_quiet(parser, "print only warnings and errors: no progress, no per-epoch lines")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)")
     if args.resume and (args.overrides or args.fold is not None or args.overwrite or args.cv or args.no_plots):
-        parser.error("--resume continues a run with its stored config; --set, --fold, --overwrite, --cv and "
-                     "--no-plots do not apply")
+        parser.error(
+            "--resume continues a run with its stored config; --set, --fold, --overwrite, --cv and "
+            "--no-plots do not apply"
+        )
     if args.cv and args.fold is not None:
         parser.error("--cv trains every fold; --fold picks one")
     return args
@@ -60,8 +78,11 @@ def quieted(enabled: bool, chatter: bool = False):
     if not enabled:
         yield
         return
-    with quiet(), open(os.devnull, "w") as sink, (contextlib.redirect_stdout(sink) if chatter
-                                                   else contextlib.nullcontext()):
+    with (
+        quiet(),
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stdout(sink) if chatter else contextlib.nullcontext(),
+    ):
         yield
 
 
@@ -71,7 +92,8 @@ def run_train(argv=None, prog=None):
         with quieted(args.quiet, chatter=True):
             train_or_resume(args)
     except Interrupted as stopped:
-        print(f"\ninterrupted: saved a resumable checkpoint; continue with: {prog or 'python train.py'} --resume {stopped}")
+        again = f"{prog or 'python train.py'} --resume {stopped}"
+        print(f"\ninterrupted: saved a resumable checkpoint; continue with: {again}")
         return 130
     return 0
 
@@ -93,16 +115,31 @@ train_main = cli_entry(run_train)
 
 
 def evaluate_args(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a checkpoint: scikit-learn report on one data split.")
-    parser.add_argument("--checkpoint", required=True, action="append",
-                        help="a best.pt or last.pt from a run directory; repeat to compare models side by side")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Evaluate a checkpoint: scikit-learn report on one data split."
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="a best.pt or last.pt from a run directory; repeat to compare models side by side",
+    )
     parser.add_argument("--split", choices=("test", "valid", "train"), default="test")
     parser.add_argument("--data", help="data path, when the data has moved since training (same as --set data.path=)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                        help="override a data setting or train.device (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="override a data setting or train.device (repeatable)",
+    )
     parser.add_argument("--fold", type=int, help="test fold, for data with a fold column (same as --set data.fold=)")
-    parser.add_argument("--output", metavar="FILE.json",
-                        help="write the report here (default: eval_<checkpoint>_<split>.json beside the checkpoint)")
+    parser.add_argument(
+        "--output",
+        metavar="FILE.json",
+        help="write the report here (default: eval_<checkpoint>_<split>.json beside the checkpoint)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON (a list for several checkpoints)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots beside the report")
     add_quiet(parser, "print only the report, warnings and errors: no progress, no list of files written")
@@ -123,17 +160,21 @@ def run_evaluate(argv=None, prog=None):
         reports = [evaluate(path, args.split, overrides) for path in args.checkpoint]
     tracks = [[t["path"] for t in r["tracks"]] for r in reports]
     if any(t != tracks[0] for t in tracks[1:]):
-        raise UserError("the checkpoints were evaluated on different tracks (another dataset, split or fold), "
-                        "so they cannot be compared side by side")
+        raise UserError(
+            "the checkpoints were evaluated on different tracks (another dataset, split or fold), "
+            "so they cannot be compared side by side"
+        )
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
         print(format_report(reports[0]) if len(reports) == 1 else compare_reports(reports))
     # Printed first, written second: a folder that cannot be written never costs the report.
     plots = not args.no_plots
-    written = [w for r, path in zip(reports, args.checkpoint)
-               for w in write_report(r, Path(args.output) if args.output else default_report_path(path, args.split),
-                                     plots)]
+    written = [
+        w
+        for r, path in zip(reports, args.checkpoint)
+        for w in write_report(r, Path(args.output) if args.output else default_report_path(path, args.split), plots)
+    ]
     if len(reports) > 1:
         written += write_comparison(reports, Path(args.checkpoint[0]).parent / f"compare_{args.split}.json", plots)
     if written and not args.quiet:  # on stderr under --json, so stdout stays one JSON document
@@ -145,28 +186,52 @@ evaluate_main = cli_entry(run_evaluate)
 
 
 def predict_args(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description="Predict the class (genre) of audio files with a trained checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Predict the class (genre) of audio files with a trained checkpoint."
+    )
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
     parser.add_argument("files", nargs="*", metavar="FILE", help="audio files or folders of audio files")
     parser.add_argument("--files-from", metavar="LIST", help="a text file naming one audio file per line (- for stdin)")
     parser.add_argument("--top-k", type=int, default=3, help="how many labels to show per file (default 3)")
-    parser.add_argument("--segments", action="store_true",
-                        help="split each file into sections of one label: start, end, label, mean probability")
-    parser.add_argument("--smooth", type=int, default=3, metavar="CLIPS",
-                        help="with --segments: average clip probabilities over this many clips first (default 3; 1: off)")
-    parser.add_argument("--min-section", type=float, default=0.0, metavar="SECONDS",
-                        help="with --segments: a shorter section joins its longer neighbour (default 0: off)")
-    parser.add_argument("--clips", action="store_true", help="add every clip's decision: start, end, label, probability")
+    parser.add_argument(
+        "--segments",
+        action="store_true",
+        help="split each file into sections of one label: start, end, label, mean probability",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=int,
+        default=3,
+        metavar="CLIPS",
+        help="with --segments: average clip probabilities over this many clips first (default 3; 1: off)",
+    )
+    parser.add_argument(
+        "--min-section",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --segments: a shorter section joins its longer neighbour (default 0: off)",
+    )
+    parser.add_argument(
+        "--clips", action="store_true", help="add every clip's decision: start, end, label, probability"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--output", metavar="RESULTS", help="write results to a .jsonl or .csv file, file by file")
     parser.add_argument("--resume", action="store_true", help="with --output: skip the files already in it")
-    parser.add_argument("--embeddings", metavar="OUT.npy",
-                        help="write each file's embedding to OUT.npy, with the files in row order in OUT.json")
+    parser.add_argument(
+        "--embeddings",
+        metavar="OUT.npy",
+        help="write each file's embedding to OUT.npy, with the files in row order in OUT.json",
+    )
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: the main process)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto (default): CUDA when PyTorch sees a GPU")
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw each file's timeline of sections (as --segments finds them) as one image")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto (default): CUDA when PyTorch sees a GPU"
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw each file's timeline of sections (as --segments finds them) as one image",
+    )
     add_quiet(parser, "print only the predictions, warnings and errors")
     args = parser.parse_args(argv)
     if not args.files and not args.files_from:
@@ -193,10 +258,17 @@ def run_predict(argv=None, prog=None):
         raise UserError("no audio files found in the given folders")
     sections = {"smooth": args.smooth, "min_seconds": args.min_section}
     options = PredictOptions(
-        top_k=args.top_k, clips=args.clips, workers=args.workers, resume=args.resume, json=args.json,
-        sections=sections if args.segments or args.plot else None, keep=bool(args.plot), progress=not args.quiet,
+        top_k=args.top_k,
+        clips=args.clips,
+        workers=args.workers,
+        resume=args.resume,
+        json=args.json,
+        sections=sections if args.segments or args.plot else None,
+        keep=bool(args.plot),
+        progress=not args.quiet,
         output=Path(args.output) if args.output else None,
-        embeddings=Path(args.embeddings) if args.embeddings else None)
+        embeddings=Path(args.embeddings) if args.embeddings else None,
+    )
     results = predict_library(classifier, paths, options)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -217,9 +289,13 @@ predict_main = cli_entry(run_predict)
 
 
 def run_export(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=(
-        "Export a CNN checkpoint as one file that maps a mono waveform at the model's sample rate to class "
-        "probabilities and the embedding, with the mel front end inside."))
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Export a CNN checkpoint as one file that maps a mono waveform at the model's sample rate to class "
+            "probabilities and the embedding, with the mel front end inside."
+        ),
+    )
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
     parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     parser.add_argument("--output", help="the file to write (default: beside the checkpoint, e.g. best.onnx)")
@@ -230,10 +306,14 @@ def run_export(argv=None, prog=None):
 
 
 def run_demo(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=(
-        "The whole demo in one command: generate the synthetic 7-genre songs, train the built-in 'demo' "
-        "config, evaluate it, then predict 7 songs it has never heard. Writes data/demo, data/demo-unseen, "
-        "runs/demo and cache/ in the current folder."))
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "The whole demo in one command: generate the synthetic 7-genre songs, train the built-in 'demo' "
+            "config, evaluate it, then predict 7 songs it has never heard. Writes data/demo, data/demo-unseen, "
+            "runs/demo and cache/ in the current folder."
+        ),
+    )
     add_quiet(parser, "print only the evaluation, the predictions, warnings and errors")
     args = parser.parse_args(argv)
     config = load_config("demo")
@@ -245,7 +325,12 @@ def run_demo(argv=None, prog=None):
         ("train", lambda: run_train(["--config", "demo", "--overwrite"] + hush, "genrenet train")),
         ("evaluate on the held-out test tracks", lambda: run_evaluate(["--checkpoint", checkpoint] + hush)),
         ("generate 7 unseen songs", lambda: demo_data.main([unseen, "--tracks-per-genre", "1", "--seed", "2026"])),
-        ("predict the unseen songs", lambda: run_predict(["--checkpoint", checkpoint, unseen, "--plot", f"{config.run.dir}/unseen_timeline.png"] + hush)),
+        (
+            "predict the unseen songs",
+            lambda: run_predict(
+                ["--checkpoint", checkpoint, unseen, "--plot", f"{config.run.dir}/unseen_timeline.png"] + hush
+            ),
+        ),
     ]
     for number, (title, step) in enumerate(steps, 1):
         with quieted(args.quiet and "generate" in title, chatter=True):
@@ -270,13 +355,19 @@ COMMANDS = {
 def main(argv=None):
     """`genrenet COMMAND ...`: the rest of the arguments go to the command, so each has its own --help."""
     parser = argparse.ArgumentParser(
-        prog="genrenet", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="genrenet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Music-genre and audio classification on mel spectrograms.",
-        epilog="commands:\n" + "\n".join(f"  {name:<10}{text}" for name, (_, text) in COMMANDS.items()))
+        epilog="commands:\n" + "\n".join(f"  {name:<10}{text}" for name, (_, text) in COMMANDS.items()),
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=", ".join(COMMANDS))
-    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="...",
-                        help="the command's arguments; 'genrenet COMMAND --help' lists them")
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="...",
+        help="the command's arguments; 'genrenet COMMAND --help' lists them",
+    )
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:  # a bare `genrenet` shows what there is to type
         parser.print_help(sys.stderr)

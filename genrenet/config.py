@@ -7,20 +7,20 @@ types and out-of-range values are errors that name the key (and the closest vali
 import dataclasses
 import difflib
 import hashlib
-from importlib import resources
 import json
-from pathlib import Path
 import os
 import re
 import types
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from genrenet.errors import UserError, error_line
-from genrenet.registry import features_of, model_entry, MODELS
+from genrenet.registry import MODELS, features_of, model_entry
 
 # Unknown keys are errors; so are inf and nan, which pass a range check but break the pipeline.
 # Booleans and quoted text where a number belongs (epochs: true, epochs: "3") are refused before
@@ -48,7 +48,7 @@ class DataConfig:
     format: Literal["auto", "folder", "csv", "gtzan"] = "auto"
     # auto: a manifest's split/fold column, GTZAN's fault-filtered lists, else stratified.
     split: Literal["auto", "stratified"] = "auto"
-    fold: Optional[int] = None  # with a fold column: the fold held out for testing
+    fold: int | None = None  # with a fold column: the fold held out for testing
     valid_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # of tracks, when no valid split is given
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
@@ -61,8 +61,10 @@ class DataConfig:
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
         if self.valid_fraction + self.test_fraction >= 1:
-            raise ValueError(f"data.valid_fraction ({self.valid_fraction}) + data.test_fraction "
-                             f"({self.test_fraction}) must be below 1, or nothing is left to train on")
+            raise ValueError(
+                f"data.valid_fraction ({self.valid_fraction}) + data.test_fraction "
+                f"({self.test_fraction}) must be below 1, or nothing is left to train on"
+            )
         return self
 
 
@@ -80,33 +82,39 @@ class AudioConfig:
     @field_validator("normalize", mode="before")
     @classmethod
     def _yaml_off(cls, value):
-        return {False: "off", True: "peak"}.get(value, value) if isinstance(value, bool) else value  # YAML: off is false
+        return (
+            {False: "off", True: "peak"}.get(value, value) if isinstance(value, bool) else value
+        )  # YAML: off is false
 
     @model_validator(mode="after")
     def _hop_within_clip(self):
         if self.hop_seconds > self.clip_seconds:
-            raise ValueError(f"audio.hop_seconds ({self.hop_seconds}) is larger than audio.clip_seconds "
-                             f"({self.clip_seconds}): parts of every track would be skipped")
+            raise ValueError(
+                f"audio.hop_seconds ({self.hop_seconds}) is larger than audio.clip_seconds "
+                f"({self.clip_seconds}): parts of every track would be skipped"
+            )
         return self
 
 
 @dataclass(config=STRICT)
 class FeatureConfig:
     n_fft: int = Field(1024, gt=0, le=MAX_FFT)
-    win_length: Optional[int] = Field(None, gt=0, le=MAX_FFT)  # None: n_fft
+    win_length: int | None = Field(None, gt=0, le=MAX_FFT)  # None: n_fft
     hop_length: int = Field(512, gt=0, le=MAX_FFT)
     n_mels: int = Field(128, gt=0, le=MAX_MELS)
     f_min: float = Field(0.0, ge=0.0)
-    f_max: Optional[float] = Field(None, gt=0.0)  # None: sample_rate / 2
+    f_max: float | None = Field(None, gt=0.0)  # None: sample_rate / 2
     power: float = Field(2.0, gt=0.0)
-    top_db: Optional[float] = Field(80.0, gt=0.0)
+    top_db: float | None = Field(80.0, gt=0.0)
     n_mfcc: int = Field(20, gt=0)  # handcrafted features (svm, random_forest) only
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.n_mels > self.n_fft // 2 + 1:
-            raise ValueError(f"features.n_mels ({self.n_mels}) is more than the {self.n_fft // 2 + 1} "
-                             f"frequency bins of features.n_fft={self.n_fft}")
+            raise ValueError(
+                f"features.n_mels ({self.n_mels}) is more than the {self.n_fft // 2 + 1} "
+                f"frequency bins of features.n_fft={self.n_fft}"
+            )
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError(f"features.win_length ({self.win_length}) is larger than features.n_fft ({self.n_fft})")
         return self
@@ -115,9 +123,10 @@ class FeatureConfig:
 @dataclass(config=STRICT)
 class AugmentConfig:
     """Training-time augmentation; each piece is off at 0 / null, and all are off at evaluation."""
+
     # Train on crops of this length at random offsets; evaluation then averages over windows of
     # this length every half crop across each clip.
-    crop_seconds: Optional[float] = Field(None, gt=0.0)
+    crop_seconds: float | None = Field(None, gt=0.0)
     gain_db: float = Field(0.0, ge=0.0)  # random gain in +/- gain_db
     freq_masks: int = Field(0, ge=0)  # SpecAugment frequency masks per example
     freq_mask_width: int = Field(8, gt=0)  # at most this many mel bands each
@@ -177,8 +186,12 @@ class Config:
     def _numbers_are_numbers(cls, raw):
         if isinstance(raw, dict):
             sections = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "model"}
-            problems = [p for name, values in raw.items() if name in sections
-                        for p in _number_problems(values, sections[name], name)]
+            problems = [
+                p
+                for name, values in raw.items()
+                if name in sections
+                for p in _number_problems(values, sections[name], name)
+            ]
             if problems:
                 raise ValueError("; ".join(problems))
         return raw
@@ -195,17 +208,23 @@ class Config:
             raise ValueError(f"features.f_max ({self.features.f_max}) is above half of audio.sample_rate ({nyquist})")
         clip_samples = round(self.audio.clip_seconds * self.audio.sample_rate)
         if clip_samples < self.features.n_fft:
-            raise ValueError(f"features.n_fft ({self.features.n_fft}) is longer than a clip ({clip_samples} samples "
-                             f"= audio.clip_seconds x audio.sample_rate)")
+            raise ValueError(
+                f"features.n_fft ({self.features.n_fft}) is longer than a clip ({clip_samples} samples "
+                f"= audio.clip_seconds x audio.sample_rate)"
+            )
         f_max = self.features.f_max if self.features.f_max is not None else nyquist
         if self.features.f_min >= f_max:
             raise ValueError(f"features.f_min ({self.features.f_min}) must be below features.f_max ({f_max})")
         if self.augment.crop_seconds is not None and self.augment.crop_seconds > self.audio.clip_seconds:
-            raise ValueError(f"augment.crop_seconds ({self.augment.crop_seconds}) is longer than audio.clip_seconds "
-                             f"({self.audio.clip_seconds})")
+            raise ValueError(
+                f"augment.crop_seconds ({self.augment.crop_seconds}) is longer than audio.clip_seconds "
+                f"({self.audio.clip_seconds})"
+            )
         if self.train.warmup_epochs >= self.train.epochs and self.train.warmup_epochs > 0:
-            raise ValueError(f"train.warmup_epochs ({self.train.warmup_epochs}) must be fewer than train.epochs "
-                             f"({self.train.epochs})")
+            raise ValueError(
+                f"train.warmup_epochs ({self.train.warmup_epochs}) must be fewer than train.epochs "
+                f"({self.train.epochs})"
+            )
         return self
 
 
@@ -289,8 +308,11 @@ def with_changes(config: Config, **sections: dict) -> Config:
 
 def builtin_configs() -> list[str]:
     """Names of the configs shipped inside the package (genrenet/configs/NAME.yaml)."""
-    return sorted(f.name.removesuffix(".yaml") for f in (resources.files("genrenet") / "configs").iterdir()
-                  if f.name.endswith(".yaml"))
+    return sorted(
+        f.name.removesuffix(".yaml")
+        for f in (resources.files("genrenet") / "configs").iterdir()
+        if f.name.endswith(".yaml")
+    )
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -327,26 +349,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _section_class(section: str, raw: dict) -> Optional[type]:
+def _section_class(section: str, raw: dict) -> type | None:
     if section == "model":
         name = raw.get("model", {}).get("name", DEFAULT_MODEL)
         return MODELS[name].settings if name in MODELS else None
     return {f.name: f.type for f in dataclasses.fields(Config)}.get(section)
 
 
-def _is_text_setting(cls: Optional[type], name: str) -> bool:
+def _is_text_setting(cls: type | None, name: str) -> bool:
     fields = {f.name: f.type for f in dataclasses.fields(cls)} if cls else {}
     return fields.get(name) is str
 
 
 def preprocessing_key(config: Config) -> str:
     """A short hash of every setting that changes the cached features."""
-    settings = {"audio": dataclasses.asdict(config.audio), "features": dataclasses.asdict(config.features),
-                "kind": features_of(config).name}
+    settings = {
+        "audio": dataclasses.asdict(config.audio),
+        "features": dataclasses.asdict(config.features),
+        "kind": features_of(config).name,
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def crop_frames(config: Config) -> Optional[int]:
+def crop_frames(config: Config) -> int | None:
     """Spectrogram frames of one augment.crop_seconds crop, or None when training uses whole clips.
 
     A model trained on crops is also scored on crops (windows of this length across each clip), so
@@ -358,7 +383,7 @@ def crop_frames(config: Config) -> Optional[int]:
     return round(seconds * config.audio.sample_rate / config.features.hop_length) + 1
 
 
-def _describe(error: dict, prefix: list[str] = (), section: Optional[type] = None, model: str = "") -> str:
+def _describe(error: dict, prefix: list[str] = (), section: type | None = None, model: str = "") -> str:
     location = list(prefix) + [str(part) for part in error["loc"]]
     key = ".".join(location)
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
@@ -371,11 +396,11 @@ def _describe(error: dict, prefix: list[str] = (), section: Optional[type] = Non
     return f"{key}: {message.lower()[:1]}{message[1:]}{shown}"
 
 
-def _unknown_key_hint(location: list[str], section: Optional[type], model: str) -> str:
+def _unknown_key_hint(location: list[str], section: type | None, model: str) -> str:
     """The closest valid spelling of an unknown dotted key, searched in its own section; for a
     model's section, also which models do take that key."""
     cls = section or Config
-    for part in location[1 if section else 0:-1]:
+    for part in location[1 if section else 0 : -1]:
         field = {f.name: f for f in dataclasses.fields(cls)}.get(part)
         if field is None or not dataclasses.is_dataclass(field.type):
             return ""
@@ -407,8 +432,9 @@ def read_yaml(path: Path) -> dict:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
-                        f"save the config as UTF-8") from None
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save the config as UTF-8"
+        ) from None
     try:
         raw = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as error:
@@ -418,8 +444,10 @@ def read_yaml(path: Path) -> dict:
     if raw is None:  # an empty file, or one whose lines are all comments
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections (data, audio, features, model, augment, train, run), "
-                        f"got {_yaml_kind(raw)}")
+        raise UserError(
+            f"{path}: expected a mapping of sections (data, audio, features, model, augment, train, run), "
+            f"got {_yaml_kind(raw)}"
+        )
     return {section: {} if values is None else values for section, values in raw.items()}  # all keys commented out
 
 
@@ -450,8 +478,11 @@ class _ConfigLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key '{key}' on line {key_node.start_mark.line + 1} "
-                        f"(first on line {seen[key] + 1})", key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key '{key}' on line {key_node.start_mark.line + 1} (first on line {seen[key] + 1})",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
@@ -464,15 +495,20 @@ def _expanded_size(node, sizes: dict, open_nodes: set) -> int:
     if id(node) in open_nodes:
         raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it", node.start_mark)
     open_nodes.add(id(node))
-    children = node.value if isinstance(node, yaml.SequenceNode) else \
-        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    children = (
+        node.value
+        if isinstance(node, yaml.SequenceNode)
+        else [n for pair in node.value for n in pair]
+        if isinstance(node, yaml.MappingNode)
+        else []
+    )
     size = 1
     for child in children:
         size += _expanded_size(child, sizes, open_nodes)
         if size > MAX_YAML_NODES:
             raise yaml.composer.ComposerError(
-                None, None, f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)",
-                node.start_mark)
+                None, None, f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)", node.start_mark
+            )
     open_nodes.discard(id(node))
     sizes[id(node)] = size
     return size
@@ -481,14 +517,17 @@ def _expanded_size(node, sizes: dict, open_nodes: set) -> int:
 # A date-like value (run.dir: 2024-01-01) is a folder name here, not a datetime; sets and binary
 # data have no place in a config (and would not survive the copy of the settings).
 def _refuse_tag(loader, node):
-    raise yaml.constructor.ConstructorError(None, None, f"{node.tag} values are not allowed in a config",
-                                            node.start_mark)
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{node.tag} values are not allowed in a config", node.start_mark
+    )
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 # YAML 1.1 (PyYAML) reads 1e-3 and 3e-4 as text, having no dot; every user means a number.
-_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-                                    list("-+0123456789."))
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 for _tag in ("set", "binary", "omap", "pairs"):
     _ConfigLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)

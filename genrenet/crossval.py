@@ -19,8 +19,8 @@ from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, from_dict, to_dict, with_changes
 from genrenet.datasets import find_tracks
 from genrenet.errors import UserError
-from genrenet.plots import draw_cross_validation, write_plot
 from genrenet.evaluation import default_report_path, evaluate, write_report
+from genrenet.plots import draw_cross_validation, write_plot
 from genrenet.training import resume, train
 
 # Written into a fold's folder when the fold was trained in one piece: how long it took.
@@ -53,17 +53,28 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
             seconds = _recorded_seconds(fold_dir)
         else:  # resumed: the part before the interruption was not timed
             seconds = None
-        rows.append({"fold": fold, "track_accuracy": report["track"]["accuracy"],
-                     "clip_accuracy": report["clip"]["accuracy"], "track_macro_f1": report["track"]["macro_f1"],
-                     "test_tracks": report["track"]["n"], "seconds": seconds})
+        rows.append(
+            {
+                "fold": fold,
+                "track_accuracy": report["track"]["accuracy"],
+                "clip_accuracy": report["clip"]["accuracy"],
+                "track_macro_f1": report["track"]["macro_f1"],
+                "test_tracks": report["track"]["n"],
+                "seconds": seconds,
+            }
+        )
         print(f"fold {fold}: track accuracy {rows[-1]['track_accuracy']:.3f} on {rows[-1]['test_tracks']} tracks")
 
     accuracies = [row["track_accuracy"] for row in rows]
-    summary = {"model": config.model.name, "data": config.data.path, "folds": rows,
-               "mean_track_accuracy": statistics.mean(accuracies),
-               "std_track_accuracy": statistics.stdev(accuracies),  # sample standard deviation over folds
-               "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),
-               "seconds": _total_seconds(rows)}
+    summary = {
+        "model": config.model.name,
+        "data": config.data.path,
+        "folds": rows,
+        "mean_track_accuracy": statistics.mean(accuracies),
+        "std_track_accuracy": statistics.stdev(accuracies),  # sample standard deviation over folds
+        "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),
+        "seconds": _total_seconds(rows),
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "cv.json").write_text(json.dumps(summary, indent=2))
     chart = write_plot(draw_cross_validation(summary), run_dir / "cv.png") if config.run.plots else None
@@ -73,14 +84,25 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
 
 
 def format_summary(summary: dict) -> str:
-    lines = ["", f"cross-validation of {summary['model']} on {summary['data']}",
-             "fold  track acc  clip acc  macro F1  tracks  seconds"]
-    lines += [f"{r['fold']:>4}  {r['track_accuracy']:9.3f}  {r['clip_accuracy']:8.3f}  {r['track_macro_f1']:8.3f}  "
-              f"{r['test_tracks']:6d}  {_seconds_text(r['seconds']):>7}" for r in summary["folds"]]
-    total = (f"{summary['seconds']:.0f} s in all" if summary["seconds"] is not None
-             else "no total time: some folds were resumed or kept without a recorded time")
-    lines.append(f"mean track accuracy {summary['mean_track_accuracy']:.3f} +/- {summary['std_track_accuracy']:.3f} "
-                 f"(sample std over {len(summary['folds'])} folds); {total}")
+    lines = [
+        "",
+        f"cross-validation of {summary['model']} on {summary['data']}",
+        "fold  track acc  clip acc  macro F1  tracks  seconds",
+    ]
+    lines += [
+        f"{r['fold']:>4}  {r['track_accuracy']:9.3f}  {r['clip_accuracy']:8.3f}  {r['track_macro_f1']:8.3f}  "
+        f"{r['test_tracks']:6d}  {_seconds_text(r['seconds']):>7}"
+        for r in summary["folds"]
+    ]
+    total = (
+        f"{summary['seconds']:.0f} s in all"
+        if summary["seconds"] is not None
+        else "no total time: some folds were resumed or kept without a recorded time"
+    )
+    lines.append(
+        f"mean track accuracy {summary['mean_track_accuracy']:.3f} +/- {summary['std_track_accuracy']:.3f} "
+        f"(sample std over {len(summary['folds'])} folds); {total}"
+    )
     return "\n".join(lines)
 
 

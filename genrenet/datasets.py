@@ -11,7 +11,6 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -24,21 +23,32 @@ from genrenet.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 MAX_REPORTED = 5  # unreadable files listed by name; the rest are counted
-SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid",
-                 "val": "valid", "dev": "valid", "test": "test", "testing": "test", "eval": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "test": "test",
+    "testing": "test",
+    "eval": "test",
+}
 
-GTZAN_HELP = ("GTZAN is not redistributable with genrenet: download the GTZAN genre collection "
-              "(for example the 'GTZAN Dataset - Music Genre Classification' archive on Kaggle) and "
-              "unpack it so that {path}/genres_original/blues/blues.00000.wav (or "
-              "{path}/genres/blues/blues.00000.au) exists, or point data.path at your copy")
+GTZAN_HELP = (
+    "GTZAN is not redistributable with genrenet: download the GTZAN genre collection "
+    "(for example the 'GTZAN Dataset - Music Genre Classification' archive on Kaggle) and "
+    "unpack it so that {path}/genres_original/blues/blues.00000.wav (or "
+    "{path}/genres/blues/blues.00000.au) exists, or point data.path at your copy"
+)
 
 
 @dataclass(frozen=True)
 class Track:
     path: Path
     label: str
-    split: Optional[str] = None  # given by a manifest or GTZAN's filtered lists
-    fold: Optional[int] = None
+    split: str | None = None  # given by a manifest or GTZAN's filtered lists
+    fold: int | None = None
 
 
 def find_tracks(data: DataConfig, min_classes: int = 2) -> list[Track]:
@@ -105,6 +115,7 @@ def labels_of(tracks: list[Track]) -> list[str]:
 @dataclass
 class SplitData:
     """The tracks of one split that could be read, with their features and label indices."""
+
     tracks: list[Track]
     features: list[torch.Tensor]
     targets: list[int]
@@ -125,10 +136,18 @@ def load_split(tracks: list[Track], labels: list[str], config: Config, name: str
         shown = [f"  - {reason}" for reason in list(failures.values())[:MAX_REPORTED]]
         more = [f"  ... and {len(failures) - MAX_REPORTED} more"] if len(failures) > MAX_REPORTED else []
         if config.data.on_error == "fail":
-            raise UserError(f"{len(failures)} of {len(tracks)} {name} files could not be read (data.on_error=fail; "
-                            f"set data.on_error=skip to leave them out), first: {list(failures.values())[0]}")
-        print("\n".join([f"warning: skipped {len(failures)} of {len(tracks)} {name} files that could not be read:"]
-                        + shown + more), file=sys.stderr)
+            raise UserError(
+                f"{len(failures)} of {len(tracks)} {name} files could not be read (data.on_error=fail; "
+                f"set data.on_error=skip to leave them out), first: {list(failures.values())[0]}"
+            )
+        print(
+            "\n".join(
+                [f"warning: skipped {len(failures)} of {len(tracks)} {name} files that could not be read:"]
+                + shown
+                + more
+            ),
+            file=sys.stderr,
+        )
     index = {label: i for i, label in enumerate(labels)}
     kept = [i for i, f in enumerate(features) if f is not None]
     return SplitData([tracks[i] for i in kept], [features[i] for i in kept], [index[tracks[i].label] for i in kept])
@@ -169,8 +188,10 @@ def _folder_tracks(root: Path) -> list[Track]:
         loose = [p for p in root.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and _listable(p)]
         if loose:
             files = f"{len(loose)} audio file" + ("s" if len(loose) > 1 else "")
-            raise UserError(f"data.path '{root}' holds {files} but no class sub-folders: put each class's files "
-                            f"in {root}/<class>/ (or list them in a CSV manifest with path,label)")
+            raise UserError(
+                f"data.path '{root}' holds {files} but no class sub-folders: put each class's files "
+                f"in {root}/<class>/ (or list them in a CSV manifest with path,label)"
+            )
     return tracks
 
 
@@ -202,15 +223,18 @@ def _read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     try:
         text = raw.decode("utf-8-sig")  # -sig: spreadsheets ("CSV UTF-8") start the file with a BOM
     except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
-        raise UserError(f"{manifest}:{line}: not UTF-8 text; save the manifest as UTF-8 "
-                        "(\"CSV UTF-8\" in a spreadsheet)") from None
+        line = raw[: error.start].count(b"\n") + 1
+        raise UserError(
+            f'{manifest}:{line}: not UTF-8 text; save the manifest as UTF-8 ("CSV UTF-8" in a spreadsheet)'
+        ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         columns = reader.fieldnames or []
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
-            raise UserError(f"{manifest}: missing column(s) {', '.join(missing)} (need path,label; optional split or fold)")
+            raise UserError(
+                f"{manifest}: missing column(s) {', '.join(missing)} (need path,label; optional split or fold)"
+            )
         # line_num after a row is its last line, which blank lines and quoted line breaks keep true
         return columns, [(reader.line_num, row) for row in reader]
     except csv.Error as error:
@@ -241,8 +265,10 @@ def _manifest_row(manifest: Path, line: int, row: dict, columns: list[str]) -> T
 def _refuse_repeat(manifest: Path, line: int, raw_path: str, first: int, earlier: Track, track: Track) -> None:
     """A file listed twice: under two labels, or the same row again (which would count it twice)."""
     if earlier.label != track.label:
-        raise UserError(f"{manifest}:{line}: '{raw_path}' is labelled '{track.label}' here but "
-                        f"'{earlier.label}' on line {first}; a track has one label")
+        raise UserError(
+            f"{manifest}:{line}: '{raw_path}' is labelled '{track.label}' here but "
+            f"'{earlier.label}' on line {first}; a track has one label"
+        )
     where = ""
     if earlier.split != track.split:
         where = f" (in both the {earlier.split} and the {track.split} split)"
@@ -251,7 +277,7 @@ def _refuse_repeat(manifest: Path, line: int, raw_path: str, first: int, earlier
     raise UserError(f"{manifest}:{line}: '{raw_path}' is already listed on line {first}{where}; list each track once")
 
 
-def _gtzan_root(path: Path) -> Optional[Path]:
+def _gtzan_root(path: Path) -> Path | None:
     """The folder holding blues/, classical/, ... in either GTZAN layout, if any."""
     for candidate in (path / "genres_original", path / "genres", path / "Data" / "genres_original", path):
         if (candidate / "blues").is_dir() and any((candidate / "blues").glob("blues.000*.*")):
@@ -265,9 +291,15 @@ def _gtzan_tracks(path: Path) -> list[Track]:
     root = _gtzan_root(path)
     if root is None:
         raise UserError(f"GTZAN not found at data.path '{path}'. " + GTZAN_HELP.format(path=path))
-    split_of = {name: split for split, names in (("train", gtzan.filtered_train),
-                                                 ("valid", gtzan.filtered_valid),
-                                                 ("test", gtzan.filtered_test)) for name in names}
+    split_of = {
+        name: split
+        for split, names in (
+            ("train", gtzan.filtered_train),
+            ("valid", gtzan.filtered_valid),
+            ("test", gtzan.filtered_test),
+        )
+        for name in names
+    }
     pattern = re.compile(r"^([a-z]+)\.(\d{5})$")
     tracks = []
     for genre in gtzan.gtzan_genres:

@@ -39,9 +39,9 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -125,7 +125,7 @@ def _place(buf: np.ndarray, sound: np.ndarray, start: int, gain: float = 1.0) ->
     """Add a sound into buf at a sample offset, cropping whatever falls outside."""
     s0, s1 = max(start, 0), min(start + len(sound), len(buf))
     if s0 < s1:
-        buf[s0:s1] += gain * sound[s0 - start:s1 - start]
+        buf[s0:s1] += gain * sound[s0 - start : s1 - start]
 
 
 def _hits(buf: np.ndarray, tl: _Timeline, sound: np.ndarray, beats, velocity, rng: np.random.Generator) -> None:
@@ -139,8 +139,13 @@ def _hits(buf: np.ndarray, tl: _Timeline, sound: np.ndarray, beats, velocity, rn
 _Note = tuple[float, float, float, float]
 
 
-def _play(buf: np.ndarray, tl: _Timeline, notes: Iterable[_Note], instrument: Callable[[float, int], np.ndarray],
-          tune: float = 0.0) -> None:
+def _play(
+    buf: np.ndarray,
+    tl: _Timeline,
+    notes: Iterable[_Note],
+    instrument: Callable[[float, int], np.ndarray],
+    tune: float = 0.0,
+) -> None:
     """Render notes with an instrument(freq, n_samples); repeated notes are synthesized once."""
     rendered: dict[tuple[float, int], np.ndarray] = {}
     for beat, length, midi, velocity in notes:
@@ -165,8 +170,17 @@ def _envelope(n: int, sr: int, attack_s: float, release_s: float) -> np.ndarray:
     return attack * release
 
 
-def _partials(freq: float, n: int, sr: int, ratios, amps, decay_s: Optional[float] = None,
-              decay_tilt: float = 0.0, attack_s: float = 0.002, release_s: float = 0.01) -> np.ndarray:
+def _partials(
+    freq: float,
+    n: int,
+    sr: int,
+    ratios,
+    amps,
+    decay_s: float | None = None,
+    decay_tilt: float = 0.0,
+    attack_s: float = 0.002,
+    release_s: float = 0.01,
+) -> np.ndarray:
     """Sum of sine partials at freq * ratios, each decaying faster the higher it is (decay_tilt)."""
     ratios = np.asarray(ratios, dtype=np.float32)
     amps = np.asarray(amps, dtype=np.float32)
@@ -203,20 +217,24 @@ def _spectral_filter(x: np.ndarray, sr: int, gain: Callable[[np.ndarray], np.nda
 
 def _band(lo: float, hi: float, order: int = 2) -> Callable[[np.ndarray], np.ndarray]:
     """Smooth band-pass magnitude response (Butterworth-like shoulders)."""
+
     def gain(f):
         f = np.maximum(f, 1e-3)
         highpass = 1.0 / np.sqrt(1.0 + (lo / f) ** (2 * order)) if lo > 0 else 1.0
         lowpass = 1.0 / np.sqrt(1.0 + (f / hi) ** (2 * order))
         return highpass * lowpass
+
     return gain
 
 
-def _noise_burst(rng: np.random.Generator, sr: int, seconds: float, lo: float, hi: float, decay_s: float,
-                 attack_s: float = 0.0005) -> np.ndarray:
+def _noise_burst(
+    rng: np.random.Generator, sr: int, seconds: float, lo: float, hi: float, decay_s: float, attack_s: float = 0.0005
+) -> np.ndarray:
     n = int(seconds * sr)
     nyquist = sr / 2
-    noise = _spectral_filter(rng.standard_normal(n).astype(np.float32), sr,
-                             _band(min(lo, 0.6 * nyquist), min(hi, 0.95 * nyquist)))
+    noise = _spectral_filter(
+        rng.standard_normal(n).astype(np.float32), sr, _band(min(lo, 0.6 * nyquist), min(hi, 0.95 * nyquist))
+    )
     t = np.arange(n, dtype=np.float32) / sr
     env = np.exp(-t / decay_s) * np.minimum(1.0, t / attack_s)
     return _normalize_peak(noise * env)
@@ -235,8 +253,9 @@ def _rms(x: np.ndarray) -> float:
 # Drums: one template per track and drum, re-used (at varying velocity) for every hit
 
 
-def _kick(rng, sr, f_start=(110, 200), f_end=(42, 60), sweep_s=(0.02, 0.05), decay_s=(0.18, 0.4),
-          click=(0.05, 0.3)) -> np.ndarray:
+def _kick(
+    rng, sr, f_start=(110, 200), f_end=(42, 60), sweep_s=(0.02, 0.05), decay_s=(0.18, 0.4), click=(0.05, 0.3)
+) -> np.ndarray:
     """Pitch-swept sine plus a short click: the classic electronic/acoustic kick."""
     f0, f1 = rng.uniform(*f_start), rng.uniform(*f_end)
     tau, decay = rng.uniform(*sweep_s), rng.uniform(*decay_s)
@@ -331,11 +350,26 @@ class _Track:
         return options[int(self.rng.integers(len(options)))]
 
 
-def _voice(sr: int, ratios, amps, decay_s: Optional[float] = None, decay_tilt: float = 0.0,
-           attack_s: float = 0.002, release_s: float = 0.01) -> Callable[[float, int], np.ndarray]:
+def _voice(
+    sr: int,
+    ratios,
+    amps,
+    decay_s: float | None = None,
+    decay_tilt: float = 0.0,
+    attack_s: float = 0.002,
+    release_s: float = 0.01,
+) -> Callable[[float, int], np.ndarray]:
     """An instrument(freq, n_samples) with a fixed partial recipe."""
-    return functools.partial(_partials, sr=sr, ratios=ratios, amps=amps, decay_s=decay_s,
-                             decay_tilt=decay_tilt, attack_s=attack_s, release_s=release_s)
+    return functools.partial(
+        _partials,
+        sr=sr,
+        ratios=ratios,
+        amps=amps,
+        decay_s=decay_s,
+        decay_tilt=decay_tilt,
+        attack_s=attack_s,
+        release_s=release_s,
+    )
 
 
 def _steps(pattern: str) -> list[int]:
@@ -344,8 +378,10 @@ def _steps(pattern: str) -> list[int]:
 
 def _techno(tr: _Track):
     rng, sr = tr.rng, tr.sr
-    parts = [("kick", tr.drum(_kick(rng, sr, decay_s=(0.2, 0.35)), "x...x...x...x..."), 0.0),
-             ("open hat", tr.drum(_hat(rng, sr, rng.uniform(0.08, 0.2)), "..x...x...x...x."), -8.0)]
+    parts = [
+        ("kick", tr.drum(_kick(rng, sr, decay_s=(0.2, 0.35)), "x...x...x...x..."), 0.0),
+        ("open hat", tr.drum(_hat(rng, sr, rng.uniform(0.08, 0.2)), "..x...x...x...x."), -8.0),
+    ]
     if tr.chance(0.7):
         hat = _hat(rng, sr, 0.03)
         pattern = tr.pick(["gggggggggggggggg", "g.g.g.g.g.g.g.g.", "ggxgggxgggxgggxg"])
@@ -359,16 +395,22 @@ def _techno(tr: _Track):
     bass_steps = tr.pick(["..x...x...x...x.", "..xx..xx..xx..xx", ".xxx.xxx.xxx.xxx", "..x..xx...x..x.x"])
     ratios, amps = _saw(16)
     bass = _voice(sr, ratios, amps, rng.uniform(0.1, 0.3), rng.uniform(0.2, 0.6))  # filter-envelope pluck
-    notes = [(bar * 4 + s / 4, 0.25 * rng.uniform(0.8, 1.6), root + scale[chord_of(bar)], 1.0)
-             for bar in range(tr.tl.n_bars) for s in _steps(bass_steps)]
+    notes = [
+        (bar * 4 + s / 4, 0.25 * rng.uniform(0.8, 1.6), root + scale[chord_of(bar)], 1.0)
+        for bar in range(tr.tl.n_bars)
+        for s in _steps(bass_steps)
+    ]
     parts.append(("saw bass", tr.play(notes, bass), -3.0))
     if tr.chance(0.6):
         stab_steps = tr.pick(["...x..x.........", "x.....x.....x...", "..x.......x..x..", "...x...x...x...x"])
         size = tr.pick([3, 4])
         stab = _voice(sr, ratios[:10], amps[:10], rng.uniform(0.08, 0.25), 0.4)
-        notes = [(bar * 4 + s / 4, 0.5, note, 0.8)
-                 for bar in range(tr.tl.n_bars) for s in _steps(stab_steps)
-                 for note in _chord(scale, 24 + root, chord_of(bar), size)]
+        notes = [
+            (bar * 4 + s / 4, 0.5, note, 0.8)
+            for bar in range(tr.tl.n_bars)
+            for s in _steps(stab_steps)
+            for note in _chord(scale, 24 + root, chord_of(bar), size)
+        ]
         parts.append(("stabs", tr.play(notes, stab), -6.0))
     if tr.chance(0.25):
         parts.append(("pad", _pad_part(tr, scale, 48 + tr.root, [progression[0]], 4), -12.0))
@@ -381,8 +423,9 @@ def _hiphop(tr: _Track):
     kick_pattern = tr.pick(["x.....x...x.....", "x......xx.x.....", "x..x......x..x..", "x.x.......x...x."])
     parts = [("kick", tr.drum(_kick(rng, sr, f_start=(90, 150), decay_s=(0.2, 0.4)), kick_pattern, swing), 0.0)]
     snare = _snare(rng, sr)
-    parts.append(("snare", tr.drum(snare, tr.pick(["....x.......x...", "....x..g....x..g", "....x.......x.g."]), swing),
-                  -2.0))
+    parts.append(
+        ("snare", tr.drum(snare, tr.pick(["....x.......x...", "....x..g....x..g", "....x.......x.g."]), swing), -2.0)
+    )
     hat = _hat(rng, sr, rng.uniform(0.025, 0.06))
     hat_pattern = tr.pick(["x.o.x.o.x.o.x.o.", "xgoxxgoxxgoxxgox", "x.x.x.xox.x.x.xo"])
     parts.append(("hats", tr.drum(hat, hat_pattern, swing), -10.0))
@@ -400,9 +443,12 @@ def _hiphop(tr: _Track):
     size = tr.pick([4, 5])  # 7th or 9th chords
     epiano = _voice(sr, [1.0, 2.0, 3.0, 7.1], [1.0, 0.3, 0.08, 0.12], rng.uniform(0.8, 1.6), 0.6, 0.004, 0.05)
     rhythm = tr.pick([[(0.0, 4.0)], [(0.0, 1.5), (2.5, 1.5)], [(0.0, 2.0), (3.5, 0.5)]])
-    notes = [(bar * 4 + start, length, note, 0.5)
-             for bar in range(tr.tl.n_bars) for start, length in rhythm
-             for note in _chord(scale, 24 + root, chord_of(bar), size)]
+    notes = [
+        (bar * 4 + start, length, note, 0.5)
+        for bar in range(tr.tl.n_bars)
+        for start, length in rhythm
+        for note in _chord(scale, 24 + root, chord_of(bar), size)
+    ]
     keys = tr.play(notes, epiano)
     tremolo = 1.0 + rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * rng.uniform(3, 6) * np.arange(tr.n) / sr)
     parts.append(("electric piano", keys * tremolo.astype(np.float32), -6.0))
@@ -414,8 +460,10 @@ def _hiphop(tr: _Track):
 def _jazz(tr: _Track):
     rng, sr = tr.rng, tr.sr
     ride = _cymbal(rng, sr, rng.uniform(0.4, 0.9), bell=0.5)
-    parts = [("ride", tr.drum(ride, tr.pick(["x..X.xx..X.x", "x..X.xx..X.o"])), -4.0),  # triplet grid: swing
-             ("hat foot", tr.drum(_hat(rng, sr, 0.03), "...x.....x.."), -14.0)]
+    parts = [
+        ("ride", tr.drum(ride, tr.pick(["x..X.xx..X.x", "x..X.xx..X.o"])), -4.0),  # triplet grid: swing
+        ("hat foot", tr.drum(_hat(rng, sr, 0.03), "...x.....x.."), -14.0),
+    ]
     if tr.chance(0.6):
         ghosts = "".join(tr.pick(".....g") for _ in range(12))
         parts.append(("brushes", tr.drum(_brush(rng, sr), ghosts if "g" in ghosts else "........g..."), -12.0))
@@ -439,7 +487,7 @@ def _jazz(tr: _Track):
     upright = _voice(sr, [1, 2, 3, 4, 5], [1.0, 0.6, 0.3, 0.15, 0.08], rng.uniform(0.35, 0.7), 0.5, 0.01, 0.05)
     parts.append(("walking bass", tr.play(walk, upright), 0.0))
     ratios, amps = _saw(10)
-    piano = _voice(sr, ratios, amps ** 1.5, rng.uniform(0.8, 1.5), 0.3, 0.002, 0.04)
+    piano = _voice(sr, ratios, amps**1.5, rng.uniform(0.8, 1.5), 0.3, 0.002, 0.04)
     comp = []
     for bar in range(tr.tl.n_bars):
         voicing = [p + 24 for p in chords[bar][1:]] + [chords[bar][0] + 26]  # rootless: 3rd 5th 7th 9th
@@ -456,9 +504,11 @@ def _pad_part(tr: _Track, scale, root: int, progression, bars_per_chord: int, si
     ratios = [1.0, 2.0, 3.0, 1.0 + detune / 12, 2.0 + detune / 6]  # close enough to 2**(detune/12)
     pad = _voice(sr, ratios, [1.0, 0.3, 0.1, 0.9, 0.25], None, 0.0, attack, release)
     length = 4 * bars_per_chord
-    notes = [(i * length, length + 0.5, note, 0.5)
-             for i in range(tr.tl.n_bars // bars_per_chord + 1)
-             for note in _chord(scale, root, progression[i % len(progression)], size, skip)]
+    notes = [
+        (i * length, length + 0.5, note, 0.5)
+        for i in range(tr.tl.n_bars // bars_per_chord + 1)
+        for note in _chord(scale, root, progression[i % len(progression)], size, skip)
+    ]
     return tr.play(notes, pad)
 
 
@@ -472,8 +522,10 @@ def _ambient(tr: _Track):
         count = rng.poisson(rng.uniform(0.4, 1.5) * tr.n / sr)
         bell = _voice(sr, [1.0, 2.76, 5.4, 8.93], [1.0, 0.4, 0.2, 0.1], rng.uniform(1.0, 2.5), 0.8)  # inharmonic
         beats = rng.uniform(0, tr.tl.n_bars * 4, size=count)
-        notes = [(b, 6.0, 72 + tr.root + tr.pick([0, 2, 4, 7, 9]) + 12 * tr.pick([0, 0, 1]), rng.uniform(0.4, 1.0))
-                 for b in beats]
+        notes = [
+            (b, 6.0, 72 + tr.root + tr.pick([0, 2, 4, 7, 9]) + 12 * tr.pick([0, 0, 1]), rng.uniform(0.4, 1.0))
+            for b in beats
+        ]
         parts.append(("bells", tr.play(notes, bell), -6.0))
     if tr.chance(0.6):
         drone = _voice(sr, [1.0, 2.0], [1.0, 0.2], None, 0.0, 1.0, 1.0)
@@ -517,7 +569,7 @@ def _metal(tr: _Track):
     for detune in (-0.08, 0.08):  # double-tracked: two takes a few cents apart
         muted = _voice(sr, ratios, amps, rng.uniform(0.05, 0.12), 0.05)
         ringing = _voice(sr, ratios, amps, 2.0, 0.05)
-        string = lambda f, n: (muted if n < 0.3 * sr else ringing)(f, n)  # noqa: E731
+        string = lambda f, n, muted=muted, ringing=ringing: (muted if n < 0.3 * sr else ringing)(f, n)  # noqa: E731
         take = tr.play([(b, d, p + detune, v) for b, d, p, v in notes], string)
         drive = rng.uniform(4, 15)
         guitars += np.tanh(drive * take / max(_rms(take), 1e-9))  # hard clipping = distortion
@@ -535,7 +587,7 @@ def _baroque(tr: _Track):
     figure = tr.pick([[0, 1, 2, 3], [0, 2, 1, 2], [0, 1, 2, 1], [3, 2, 1, 0], [0, 2, 3, 1]])  # broken-chord shapes
     ratios = np.arange(1, 21, dtype=np.float32)
     brightness = rng.uniform(0.5, 0.9)
-    harpsichord = _voice(sr, ratios, ratios ** -brightness, rng.uniform(0.5, 1.2), rng.uniform(0.1, 0.3), 0.001, 0.02)
+    harpsichord = _voice(sr, ratios, ratios**-brightness, rng.uniform(0.5, 1.2), rng.uniform(0.1, 0.3), 0.001, 0.02)
     beats_per_chord = tr.pick([2, 4])
     n_chords = tr.tl.n_bars * 4 // beats_per_chord + 1
     upper, lower = [], []
@@ -544,14 +596,20 @@ def _baroque(tr: _Track):
         chord = _chord(scale, root, degree, 3) + [root + 12 + scale[degree]]
         start = i * beats_per_chord
         upper += [(start + k / 4, 0.3, chord[figure[k % 4]] + 12, 0.6) for k in range(4 * beats_per_chord)]
-        lower += [(start + k / 2, 0.55, chord[0] - 12 + (12 if k % 2 and tr.chance(0.5) else 0), 0.8)
-                  for k in range(2 * beats_per_chord)]
-    parts = [("harpsichord right hand", tr.play(upper, harpsichord), 0.0),
-             ("harpsichord left hand", tr.play(lower, harpsichord), -2.0)]
+        lower += [
+            (start + k / 2, 0.55, chord[0] - 12 + (12 if k % 2 and tr.chance(0.5) else 0), 0.8)
+            for k in range(2 * beats_per_chord)
+        ]
+    parts = [
+        ("harpsichord right hand", tr.play(upper, harpsichord), 0.0),
+        ("harpsichord left hand", tr.play(lower, harpsichord), -2.0),
+    ]
     if tr.chance(0.4):
         saw_ratios, saw_amps = _saw(10)
-        section = [_voice(sr, saw_ratios, saw_amps, None, 0.0, 0.15, 0.1),
-                   _voice(sr, saw_ratios, saw_amps, None, 0.0, 0.2, 0.1)]
+        section = [
+            _voice(sr, saw_ratios, saw_amps, None, 0.0, 0.15, 0.1),
+            _voice(sr, saw_ratios, saw_amps, None, 0.0, 0.2, 0.1),
+        ]
         bow = lambda f, n: section[0](f, n) + section[1](f * 1.004, n)  # noqa: E731  two players, never in tune
         fifths = [_chord(scale, root + 12, progression[i % len(progression)], 3)[2] for i in range(n_chords)]
         line = [(i * beats_per_chord, beats_per_chord, fifth, 0.5) for i, fifth in enumerate(fifths)]
@@ -564,11 +622,14 @@ def _reggae(tr: _Track):
     swing = rng.uniform(0.0, 0.15)
     steppers = tr.chance(0.3)  # kick on every beat, like techno, instead of the one drop
     kick_pattern = "x...x...x...x..." if steppers else "........x......."
-    parts = [("kick", tr.drum(_kick(rng, sr, decay_s=(0.2, 0.35)), kick_pattern, swing), 0.0),
-             ("rim", tr.drum(_rim(rng, sr), "........x......."), -4.0)]
+    parts = [
+        ("kick", tr.drum(_kick(rng, sr, decay_s=(0.2, 0.35)), kick_pattern, swing), 0.0),
+        ("rim", tr.drum(_rim(rng, sr), "........x......."), -4.0),
+    ]
     hat = _hat(rng, sr, rng.uniform(0.03, 0.07))
-    parts.append(("hats", tr.drum(hat, tr.pick(["x.o.x.o.x.o.x.o.", "xgogxgogxgogxgog", "..x...x...x...x."]), swing),
-                  -11.0))
+    parts.append(
+        ("hats", tr.drum(hat, tr.pick(["x.o.x.o.x.o.x.o.", "xgogxgogxgogxgog", "..x...x...x...x."]), swing), -11.0)
+    )
     major = tr.chance(0.6)
     scale = _MAJOR if major else _MINOR
     progression = tr.pick([[0, 3], [0, 4], [0, 3, 4, 3], [0, 6] if not major else [0, 5]])
@@ -577,33 +638,60 @@ def _reggae(tr: _Track):
     skank_steps = tr.pick(["..x...x...x...x.", "....x.......x...", "..x.x.x...x.x.x."])
     ratios, amps = _square(8)
     skank = _voice(sr, ratios, amps, rng.uniform(0.04, 0.1), 0.3, 0.002, 0.02)  # choked off-beat chords
-    notes = [(bar * 4 + s / 4 + swing * (s % 2) / 4, 0.2, note, 0.7)
-             for bar in range(tr.tl.n_bars) for s in _steps(skank_steps)
-             for note in _chord(scale, root + 24, chord_of(bar), 3)]
+    notes = [
+        (bar * 4 + s / 4 + swing * (s % 2) / 4, 0.2, note, 0.7)
+        for bar in range(tr.tl.n_bars)
+        for s in _steps(skank_steps)
+        for note in _chord(scale, root + 24, chord_of(bar), 3)
+    ]
     parts.append(("skank", tr.play(notes, skank), -3.0))
     if tr.chance(0.5):
         organ = _voice(sr, [0.5, 1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 0.6, 0.3, 0.2], None, 0.0, 0.005, 0.02)
-        bubble = [(bar * 4 + s / 4, 0.2, note, 0.4)
-                  for bar in range(tr.tl.n_bars) for s in range(1, 16, 2)
-                  for note in _chord(scale, root + 12, chord_of(bar), 3)]
+        bubble = [
+            (bar * 4 + s / 4, 0.2, note, 0.4)
+            for bar in range(tr.tl.n_bars)
+            for s in range(1, 16, 2)
+            for note in _chord(scale, root + 12, chord_of(bar), 3)
+        ]
         parts.append(("organ bubble", tr.play(bubble, organ), -10.0))
     # (16th step, interval above the chord root); the bass mostly leaves beat one empty.
-    bass_line = tr.pick([[(2, 0), (3, 0), (6, 4), (8, 7), (10, 0), (11, 0), (14, 4)],
-                         [(0, 0), (3, 0), (6, 7), (8, 0), (11, 4), (14, 7)],
-                         [(2, 0), (4, 0), (7, 4), (10, 7), (12, 0)]])
+    bass_line = tr.pick(
+        [
+            [(2, 0), (3, 0), (6, 4), (8, 7), (10, 0), (11, 0), (14, 4)],
+            [(0, 0), (3, 0), (6, 7), (8, 0), (11, 4), (14, 7)],
+            [(2, 0), (4, 0), (7, 4), (10, 7), (12, 0)],
+        ]
+    )
     round_bass = _voice(sr, [1.0, 2.0, 3.0], [1.0, 0.25, 0.05], 1.5, 0.5, 0.01, 0.04)
-    notes = [(bar * 4 + s / 4, rng.uniform(0.4, 0.8), root + scale[chord_of(bar)] + interval, 1.0)
-             for bar in range(tr.tl.n_bars) for s, interval in bass_line]
+    notes = [
+        (bar * 4 + s / 4, rng.uniform(0.4, 0.8), root + scale[chord_of(bar)] + interval, 1.0)
+        for bar in range(tr.tl.n_bars)
+        for s, interval in bass_line
+    ]
     parts.append(("bass", tr.play(notes, round_bass), 1.0))
     return parts
 
 
-_COMPOSERS = {"techno": _techno, "hiphop": _hiphop, "jazz": _jazz, "ambient": _ambient,
-              "metal": _metal, "baroque": _baroque, "reggae": _reggae}
+_COMPOSERS = {
+    "techno": _techno,
+    "hiphop": _hiphop,
+    "jazz": _jazz,
+    "ambient": _ambient,
+    "metal": _metal,
+    "baroque": _baroque,
+    "reggae": _reggae,
+}
 
 # Tempo ranges overlap on purpose so that tempo alone cannot tell the genres apart.
-_TEMPO = {"techno": (118, 140), "hiphop": (78, 100), "jazz": (95, 170), "ambient": (60, 90),
-          "metal": (95, 170), "baroque": (80, 130), "reggae": (66, 92)}
+_TEMPO = {
+    "techno": (118, 140),
+    "hiphop": (78, 100),
+    "jazz": (95, 170),
+    "ambient": (60, 90),
+    "metal": (95, 170),
+    "baroque": (80, 130),
+    "reggae": (66, 92),
+}
 # Loose timing (seconds of jitter) for the played-by-hand genres.
 _HUMANIZE = {"hiphop": 0.006, "jazz": 0.008, "reggae": 0.004, "baroque": 0.002}
 
@@ -625,8 +713,9 @@ def synthesize_track(genre: str, seconds: float, sample_rate: int, rng: np.rando
     sr, n = int(sample_rate), int(round(seconds * sample_rate))
     tempo = rng.uniform(*_TEMPO[genre])
     beat_s = 60.0 / tempo
-    tl = _Timeline(sr=sr, n=n, beat_s=beat_s, offset_s=rng.uniform(0, 4 * beat_s),
-                   humanize_s=_HUMANIZE.get(genre, 0.0), rng=rng)
+    tl = _Timeline(
+        sr=sr, n=n, beat_s=beat_s, offset_s=rng.uniform(0, 4 * beat_s), humanize_s=_HUMANIZE.get(genre, 0.0), rng=rng
+    )
     track = _Track(rng=rng, sr=sr, n=n, tl=tl, root=int(rng.integers(12)), tune=rng.uniform(-0.2, 0.2))
 
     mix = np.zeros(n, dtype=np.float64)
@@ -683,8 +772,14 @@ def _generated_files(out_dir: Path) -> list[Path]:
 
 
 def _settings(tracks_per_genre, seconds, sample_rate, seed, genres) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "tracks_per_genre": int(tracks_per_genre),
-            "seconds": float(seconds), "sample_rate": int(sample_rate), "seed": int(seed), "genres": list(genres)}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "tracks_per_genre": int(tracks_per_genre),
+        "seconds": float(seconds),
+        "sample_rate": int(sample_rate),
+        "seed": int(seed),
+        "genres": list(genres),
+    }
 
 
 def _write_marker(out_dir: Path, settings: dict, complete: bool) -> None:
@@ -717,8 +812,15 @@ def _intact(path: Path, frames: int, sample_rate: int) -> bool:
     return info.frames == frames and info.samplerate == sample_rate and info.channels == 1
 
 
-def generate_dataset(out_dir, tracks_per_genre: int = 30, seconds: float = 8.0, sample_rate: int = 16000,
-                     seed: int = 0, genres: Sequence[str] = GENRES, progress: bool = True) -> Path:
+def generate_dataset(
+    out_dir,
+    tracks_per_genre: int = 30,
+    seconds: float = 8.0,
+    sample_rate: int = 16000,
+    seed: int = 0,
+    genres: Sequence[str] = GENRES,
+    progress: bool = True,
+) -> Path:
     """Write out_dir/<genre>/<genre>.NNNNN.wav (16-bit PCM) and return out_dir.
 
     Deterministic: the same arguments give byte-identical files (on the same numpy build).
@@ -735,15 +837,18 @@ def generate_dataset(out_dir, tracks_per_genre: int = 30, seconds: float = 8.0, 
     if tracks_per_genre < 1:
         raise ValueError(f"tracks_per_genre must be at least 1, got {tracks_per_genre}")
     if seconds <= 0 or sample_rate < 8000 or seed < 0:
-        raise ValueError(f"need seconds > 0, sample_rate >= 8000 and seed >= 0; "
-                         f"got {seconds}, {sample_rate} and {seed}")
+        raise ValueError(
+            f"need seconds > 0, sample_rate >= 8000 and seed >= 0; got {seconds}, {sample_rate} and {seed}"
+        )
     if is_up_to_date(out_dir, tracks_per_genre, seconds, sample_rate, seed, genres):
         return out_dir
 
     previous = _generated_files(out_dir)
     if previous and not (out_dir / MARKER_NAME).exists():
-        raise FileExistsError(f"{out_dir} already holds audio that genrenet.demo_data did not write "
-                              f"(for example {previous[0]}); choose a new or empty folder")
+        raise FileExistsError(
+            f"{out_dir} already holds audio that genrenet.demo_data did not write "
+            f"(for example {previous[0]}); choose a new or empty folder"
+        )
     settings = _settings(tracks_per_genre, seconds, sample_rate, seed, genres)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_marker(out_dir, settings, complete=False)  # claims the folder; an interrupted run is not complete
@@ -757,24 +862,29 @@ def generate_dataset(out_dir, tracks_per_genre: int = 30, seconds: float = 8.0, 
         (out_dir / genre).mkdir(exist_ok=True)
 
     jobs = [(genre, index) for genre in genres for index in range(tracks_per_genre)]
-    for (genre, index), path in zip((show_progress(jobs, desc="demo dataset", unit="track") if progress else jobs), expected):
+    for (genre, index), path in zip(
+        (show_progress(jobs, desc="demo dataset", unit="track") if progress else jobs), expected
+    ):
         rng = np.random.default_rng(track_seed(seed, genre, index))
         sf.write(path, synthesize_track(genre, seconds, sample_rate, rng), sample_rate, subtype="PCM_16")
     _write_marker(out_dir, settings, complete=True)
     return out_dir
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genrenet.demo_data",
-                                     description="Write the synthetic demo genre dataset (deterministic WAV files).")
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m genrenet.demo_data",
+        description="Write the synthetic demo genre dataset (deterministic WAV files).",
+    )
     parser.add_argument("out_dir", help="folder to write <genre>/<genre>.NNNNN.wav into")
     parser.add_argument("--tracks-per-genre", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    settings = dict(tracks_per_genre=args.tracks_per_genre, seconds=args.seconds,
-                    sample_rate=args.sample_rate, seed=args.seed)
+    settings = dict(
+        tracks_per_genre=args.tracks_per_genre, seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed
+    )
     try:
         present = is_up_to_date(args.out_dir, **settings)
         out = generate_dataset(args.out_dir, **settings)
@@ -782,8 +892,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(str(error))
     total = len(GENRES) * args.tracks_per_genre
     what = "already up to date" if present else "wrote"
-    print(f"{what}: {total} tracks ({len(GENRES)} genres x {args.tracks_per_genre}, "
-          f"{args.seconds:g} s at {args.sample_rate} Hz, seed {args.seed}) in {out}")
+    print(
+        f"{what}: {total} tracks ({len(GENRES)} genres x {args.tracks_per_genre}, "
+        f"{args.seconds:g} s at {args.sample_rate} Hz, seed {args.seed}) in {out}"
+    )
 
 
 if __name__ == "__main__":

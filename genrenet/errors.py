@@ -51,8 +51,7 @@ def cli_entry(main):
         except OSError as error:
             if error.filename is not None:
                 raise  # a file's problem, not the output's
-            print(f"error: could not write the results to standard output ({error.strerror or error})",
-                  file=sys.stderr)
+            print(f"error: could not write the results to standard output ({error.strerror or error})", file=sys.stderr)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
 

@@ -30,17 +30,25 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
     classes = list(range(len(labels)))
     correct, total = int((y_true == y_pred).sum()), len(y_true)
     interval = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average="macro",
-                                                               zero_division=0)
-    per_class = classification_report(y_true, y_pred, labels=classes, target_names=labels, output_dict=True,
-                                      zero_division=0)
-    return {"n": total, "accuracy": accuracy_score(y_true, y_pred),
-            "accuracy_ci95": [interval.low, interval.high],
-            "macro_precision": precision, "macro_recall": recall, "macro_f1": f1,
-            "per_class": {label: {k: per_class[label][k] for k in ("precision", "recall", "f1-score", "support")}
-                          for label in labels},
-            "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
-            "labels": labels}
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, average="macro", zero_division=0
+    )
+    per_class = classification_report(
+        y_true, y_pred, labels=classes, target_names=labels, output_dict=True, zero_division=0
+    )
+    return {
+        "n": total,
+        "accuracy": accuracy_score(y_true, y_pred),
+        "accuracy_ci95": [interval.low, interval.high],
+        "macro_precision": precision,
+        "macro_recall": recall,
+        "macro_f1": f1,
+        "per_class": {
+            label: {k: per_class[label][k] for k in ("precision", "recall", "f1-score", "support")} for label in labels
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        "labels": labels,
+    }
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] = ()) -> dict:
@@ -57,8 +65,10 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
         raise UserError(f"the {split} split has no tracks")
     unknown = sorted({t.label for t in tracks} - set(labels))
     if unknown:
-        raise UserError(f"the {split} data has labels the checkpoint was not trained on: {', '.join(unknown)} "
-                        f"(checkpoint labels: {', '.join(labels)})")
+        raise UserError(
+            f"the {split} data has labels the checkpoint was not trained on: {', '.join(unknown)} "
+            f"(checkpoint labels: {', '.join(labels)})"
+        )
     data = load_split(tracks, labels, config, split)
     if not data.tracks:
         raise UserError(f"none of the {len(tracks)} {split} tracks could be read")
@@ -68,14 +78,26 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     clip_pred = torch.cat(clip_scores).argmax(dim=1).tolist()
     track_probs = track_log_probs(clip_scores).exp()
     track_pred = track_probs.argmax(dim=1).tolist()
-    report = {"checkpoint": str(checkpoint), "epoch": state["epoch"], "split": split, "model": config.model.name,
-              "data": config.data.path, "split_source": split_source,
-              "track_aggregation": "mean of clip log-probabilities",
-              "clip": classification_metrics(clip_true, clip_pred, labels),
-              "track": classification_metrics(data.targets, track_pred, labels),
-              "tracks": [{"path": str(t.path), "label": t.label, "predicted": labels[p],
-                          "probabilities": {label: round(q, 5) for label, q in zip(labels, probs)}}
-                         for t, p, probs in zip(data.tracks, track_pred, track_probs.tolist())]}
+    report = {
+        "checkpoint": str(checkpoint),
+        "epoch": state["epoch"],
+        "split": split,
+        "model": config.model.name,
+        "data": config.data.path,
+        "split_source": split_source,
+        "track_aggregation": "mean of clip log-probabilities",
+        "clip": classification_metrics(clip_true, clip_pred, labels),
+        "track": classification_metrics(data.targets, track_pred, labels),
+        "tracks": [
+            {
+                "path": str(t.path),
+                "label": t.label,
+                "predicted": labels[p],
+                "probabilities": {label: round(q, 5) for label, q in zip(labels, probs)},
+            }
+            for t, p, probs in zip(data.tracks, track_pred, track_probs.tolist())
+        ],
+    }
     return report
 
 
@@ -104,13 +126,18 @@ def write_report(report: dict, path: Path, plots: bool = True) -> list[Path]:
         path.write_text(json.dumps(report, indent=2))
         write_predictions_csv(report, path.with_suffix(".csv"))
     except OSError as error:
-        print(f"warning: could not write the report to {path} ({error.strerror or error}); "
-              "pass --output FILE to write it elsewhere", file=sys.stderr)
+        print(
+            f"warning: could not write the report to {path} ({error.strerror or error}); "
+            "pass --output FILE to write it elsewhere",
+            file=sys.stderr,
+        )
         return []
     written = [path, path.with_suffix(".csv")]
     if plots:
-        written += [write_plot(draw_confusion(report["track"]), path.with_name(f"{path.stem}_confusion.png")),
-                    write_plot(draw_class_scores(report["track"]), path.with_name(f"{path.stem}_classes.png"))]
+        written += [
+            write_plot(draw_confusion(report["track"]), path.with_name(f"{path.stem}_confusion.png")),
+            write_plot(draw_class_scores(report["track"]), path.with_name(f"{path.stem}_classes.png")),
+        ]
     return [p for p in written if p]
 
 
@@ -121,19 +148,32 @@ def write_predictions_csv(report: dict, path: Path) -> None:
         writer = csv.writer(file)
         writer.writerow(["path", "label", "predicted"] + [f"p_{label}" for label in labels])
         for track in report["tracks"]:
-            writer.writerow([track["path"], track["label"], track["predicted"]]
-                            + [track["probabilities"][label] for label in labels])
+            writer.writerow(
+                [track["path"], track["label"], track["predicted"]]
+                + [track["probabilities"][label] for label in labels]
+            )
 
 
 def comparison(reports: list[dict]) -> dict:
     """What compare_reports prints, as data: per checkpoint, track accuracy (95% CI), macro F1, per-class F1."""
-    return {"split": reports[0]["split"], "data": reports[0]["data"], "tracks": reports[0]["track"]["n"],
-            "checkpoints": [{"key": key, "checkpoint": r["checkpoint"], "model": r["model"],
-                             "accuracy": r["track"]["accuracy"], "accuracy_ci95": r["track"]["accuracy_ci95"],
-                             "macro_f1": r["track"]["macro_f1"], "clip_accuracy": r["clip"]["accuracy"],
-                             "per_class_f1": {label: r["track"]["per_class"][label]["f1-score"]
-                                              for label in r["track"]["labels"]}}
-                            for key, r in zip(_keys(reports), reports)]}
+    return {
+        "split": reports[0]["split"],
+        "data": reports[0]["data"],
+        "tracks": reports[0]["track"]["n"],
+        "checkpoints": [
+            {
+                "key": key,
+                "checkpoint": r["checkpoint"],
+                "model": r["model"],
+                "accuracy": r["track"]["accuracy"],
+                "accuracy_ci95": r["track"]["accuracy_ci95"],
+                "macro_f1": r["track"]["macro_f1"],
+                "clip_accuracy": r["clip"]["accuracy"],
+                "per_class_f1": {label: r["track"]["per_class"][label]["f1-score"] for label in r["track"]["labels"]},
+            }
+            for key, r in zip(_keys(reports), reports)
+        ],
+    }
 
 
 def write_comparison(reports: list[dict], path: Path, plots: bool = True) -> list[Path]:
@@ -154,39 +194,56 @@ def default_report_path(checkpoint: str | Path, split: str) -> Path:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['checkpoint']} (epoch {report['epoch']}, {report['model']}) on the {report['split']} split "
-             f"of {report['data']}"]
+    lines = [
+        f"{report['checkpoint']} (epoch {report['epoch']}, {report['model']}) on the {report['split']} split "
+        f"of {report['data']}"
+    ]
     for level in ("track", "clip"):
         m = report[level]
         low, high = m["accuracy_ci95"]
-        lines += ["", f"== {level} level ({m['n']} {level}s"
-                  + (", decided by the mean of clip log-probabilities)" if level == "track" else ")"),
-                  f"accuracy  {m['accuracy']:.3f}  (95% CI {low:.3f}-{high:.3f})",
-                  f"macro     precision {m['macro_precision']:.3f}  recall {m['macro_recall']:.3f}  "
-                  f"F1 {m['macro_f1']:.3f}", "", _class_table(m), "", "confusion matrix (rows: true, columns: predicted)",
-                  _confusion_table(m)]
+        lines += [
+            "",
+            f"== {level} level ({m['n']} {level}s"
+            + (", decided by the mean of clip log-probabilities)" if level == "track" else ")"),
+            f"accuracy  {m['accuracy']:.3f}  (95% CI {low:.3f}-{high:.3f})",
+            f"macro     precision {m['macro_precision']:.3f}  recall {m['macro_recall']:.3f}  F1 {m['macro_f1']:.3f}",
+            "",
+            _class_table(m),
+            "",
+            "confusion matrix (rows: true, columns: predicted)",
+            _confusion_table(m),
+        ]
     return "\n".join(lines)
 
 
 def compare_reports(reports: list[dict]) -> str:
     """Several checkpoints side by side on the same tracks: accuracy (95% CI), macro F1, per-class F1."""
     first = reports[0]
-    lines = [f"{len(reports)} checkpoints on the same {first['split']} split of {first['data']} "
-             f"({first['track']['n']} tracks; track level unless marked)", ""]
+    lines = [
+        f"{len(reports)} checkpoints on the same {first['split']} split of {first['data']} "
+        f"({first['track']['n']} tracks; track level unless marked)",
+        "",
+    ]
     width = max(len(r["checkpoint"]) for r in reports)
     model_width = max(len(r["model"]) for r in reports + [{"model": "model"}])
-    lines.append(f"   {'checkpoint':<{width}}  {'model':<{model_width}}  accuracy (95% CI)      macro F1  clip accuracy")
+    lines.append(
+        f"   {'checkpoint':<{width}}  {'model':<{model_width}}  accuracy (95% CI)      macro F1  clip accuracy"
+    )
     for key, r in zip(_keys(reports), reports):
         t = r["track"]
-        lines.append(f"{key}  {r['checkpoint']:<{width}}  {r['model']:<{model_width}}  {t['accuracy']:.3f} "
-                     f"({t['accuracy_ci95'][0]:.3f}-{t['accuracy_ci95'][1]:.3f})  {t['macro_f1']:8.3f}  "
-                     f"{r['clip']['accuracy']:13.3f}")
+        lines.append(
+            f"{key}  {r['checkpoint']:<{width}}  {r['model']:<{model_width}}  {t['accuracy']:.3f} "
+            f"({t['accuracy_ci95'][0]:.3f}-{t['accuracy_ci95'][1]:.3f})  {t['macro_f1']:8.3f}  "
+            f"{r['clip']['accuracy']:13.3f}"
+        )
     labels = first["track"]["labels"]
     label_width = max(len(label) for label in labels + ["class"])
     lines += ["", "per-class F1", f"{'class':<{label_width}}  " + "  ".join(f"{k:>5}" for k in _keys(reports))]
     for label in labels:
-        lines.append(f"{label:<{label_width}}  " + "  ".join(f"{r['track']['per_class'][label]['f1-score']:5.3f}"
-                                                           for r in reports))
+        lines.append(
+            f"{label:<{label_width}}  "
+            + "  ".join(f"{r['track']['per_class'][label]['f1-score']:5.3f}" for r in reports)
+        )
     return "\n".join(lines)
 
 
@@ -199,8 +256,9 @@ def _class_table(m: dict) -> str:
     rows = [f"{'class':<{width}}  precision  recall     F1  support"]
     for label in m["labels"]:
         r = m["per_class"][label]
-        rows.append(f"{label:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:5.3f}  "
-                    f"{int(r['support']):7d}")
+        rows.append(
+            f"{label:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:5.3f}  {int(r['support']):7d}"
+        )
     return "\n".join(rows)
 
 
@@ -219,6 +277,8 @@ def _with_overrides(stored: Config, overrides: list[str]) -> Config:
     for item in overrides:
         key = item.partition("=")[0].strip()
         if not (key.startswith("data.") or key == "train.device"):
-            raise UserError(f"--set {key}: only data.* and train.device can change at evaluation "
-                            "(the model was trained with the stored preprocessing)")
+            raise UserError(
+                f"--set {key}: only data.* and train.device can change at evaluation "
+                "(the model was trained with the stored preprocessing)"
+            )
     return from_dict(apply_overrides(to_dict(stored), overrides), source="checkpoint config with --set")

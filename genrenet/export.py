@@ -32,7 +32,10 @@ class WaveformModel(torch.nn.Module):
         super().__init__()
         audio = config.audio
         self.mel, self.model = MelFeatures(config.features, audio), model.eval()
-        self.clip, self.hop = round(audio.clip_seconds * audio.sample_rate), round(audio.hop_seconds * audio.sample_rate)
+        self.clip, self.hop = (
+            round(audio.clip_seconds * audio.sample_rate),
+            round(audio.hop_seconds * audio.sample_rate),
+        )
         self.peak = 10 ** (audio.peak_dbfs / 20) if audio.normalize == "peak" else None
 
     def forward(self, waveform: torch.Tensor):
@@ -53,8 +56,10 @@ def export_model(checkpoint: str | Path, format: str, output: str | Path | None 
     trained = load_model(checkpoint, "cpu")
     config = trained.config
     if features_of(config).name != "mel":
-        raise UserError(f"model '{config.model.name}' is a classic model (scikit-learn on handcrafted features) and "
-                        f"cannot be exported to {format}; use its checkpoint with genrenet predict or Classifier")
+        raise UserError(
+            f"model '{config.model.name}' is a classic model (scikit-learn on handcrafted features) and "
+            f"cannot be exported to {format}; use its checkpoint with genrenet predict or Classifier"
+        )
     output = Path(output) if output else Path(checkpoint).with_name(Path(checkpoint).stem + FORMATS[format])
     wrapper = WaveformModel(trained.model, config).eval()
     example = torch.zeros(2 * wrapper.clip)
@@ -66,8 +71,10 @@ def export_model(checkpoint: str | Path, format: str, output: str | Path | None 
         os.replace(temp, output)  # never half a model
     finally:
         temp.unlink(missing_ok=True)
-    return output, (f"{output}: waveform [samples] at {config.audio.sample_rate} Hz -> probabilities "
-                    f"[{len(probs)}] ({', '.join(trained.labels)}), embedding [{len(embedding)}]")
+    return output, (
+        f"{output}: waveform [samples] at {config.audio.sample_rate} Hz -> probabilities "
+        f"[{len(probs)}] ({', '.join(trained.labels)}), embedding [{len(embedding)}]"
+    )
 
 
 def _write_torchscript(wrapper, example, path: Path, labels: list[str]) -> None:
@@ -81,17 +88,27 @@ def _write_onnx(wrapper, example, path: Path, labels: list[str]) -> None:
         import onnx  # the export extra: pip install 'genrenet[export]'
     except ImportError:
         raise UserError("ONNX export needs the onnx packages: pip install 'genrenet[export]'") from None
-    samples = torch.export.Dim("samples", min=1, max=2 ** 31 - 1)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" lines concern no genrenet model
+    samples = torch.export.Dim("samples", min=1, max=2**31 - 1)
+    logging.getLogger("torch.onnx").setLevel(
+        logging.ERROR
+    )  # "torchvision is not installed" lines concern no genrenet model
     try:
         # torch 2.11's exporter goes through torch.export (dynamo); the older one cannot handle the STFT.
         with warnings.catch_warnings():  # torch's own deprecation notices, nothing a user can act on
             warnings.simplefilter("ignore", FutureWarning)
-            program = torch.onnx.export(wrapper, (example,), input_names=["waveform"],
-                                        output_names=["probabilities", "embedding"],
-                                        dynamic_shapes=({0: samples},), dynamo=True, verbose=False)
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                input_names=["waveform"],
+                output_names=["probabilities", "embedding"],
+                dynamic_shapes=({0: samples},),
+                dynamo=True,
+                verbose=False,
+            )
     except ImportError as error:
-        raise UserError(f"ONNX export needs the export extra: pip install 'genrenet[export]' ({error_line(error)})") from None
+        raise UserError(
+            f"ONNX export needs the export extra: pip install 'genrenet[export]' ({error_line(error)})"
+        ) from None
     model = program.model_proto
     onnx.helper.set_model_props(model, {"labels": json.dumps(labels)})
     onnx.save(model, str(path))

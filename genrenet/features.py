@@ -12,11 +12,18 @@ class MelFeatures(torch.nn.Module):
     def __init__(self, features: FeatureConfig, audio: AudioConfig):
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=audio.sample_rate, n_fft=features.n_fft, win_length=features.win_length,
-            hop_length=features.hop_length, f_min=features.f_min, f_max=features.f_max,
-            n_mels=features.n_mels, power=features.power)
+            sample_rate=audio.sample_rate,
+            n_fft=features.n_fft,
+            win_length=features.win_length,
+            hop_length=features.hop_length,
+            f_min=features.f_min,
+            f_max=features.f_max,
+            n_mels=features.n_mels,
+            power=features.power,
+        )
         self.to_db = torchaudio.transforms.AmplitudeToDB(
-            stype="power" if features.power == 2.0 else "magnitude", top_db=features.top_db)
+            stype="power" if features.power == 2.0 else "magnitude", top_db=features.top_db
+        )
 
     @torch.no_grad()
     def forward(self, waves: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def remove_stale_temps(path: Path) -> None:
     cannot be checked, so their temp files stay."""
     prefix, host = f".{path.name}.", safe_hostname()
     for temp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        writer = re.fullmatch(r"(.*)\.(\d+)\.[^.]+", temp.name[len(prefix):-len(".tmp")])
+        writer = re.fullmatch(r"(.*)\.(\d+)\.[^.]+", temp.name[len(prefix) : -len(".tmp")])
         if writer and (writer[1] != host or process_alive(int(writer[2]))):
             continue
         temp.unlink(missing_ok=True)
@@ -70,4 +70,3 @@ def process_alive(pid: int) -> bool:
 def safe_hostname() -> str:
     """This host's name, reduced to characters that are safe in a file name."""
     return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())
-

@@ -7,8 +7,8 @@ pulse clarity, onset strength), for the SVM and random forest of genrenet.classi
 One STFT per batch feeds every spectral feature; librosa computes them over all clips at once.
 """
 
-import numpy as np
 import librosa
+import numpy as np
 import torch
 
 from genrenet.audio import SAMPLE_WIDTH, AudioSegment, to_pcm16
@@ -22,11 +22,13 @@ PRIOR_BPM, PRIOR_OCTAVES = 120.0, 1.0  # librosa's log-normal tempo prior: settl
 
 def feature_names(n_mfcc: int) -> list[str]:
     """One name per feature column, in the order HandcraftedFeatures returns them."""
-    return ([f"loudness_{s}" for s in ("mean", "std", "min", "max", "range")]
-            + [f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "zcr") for s in ("mean", "std")]
-            + [f"mfcc{i:02d}_{s}" for s in ("mean", "std") for i in range(n_mfcc)]
-            + [f"chroma{i:02d}_{s}" for s in ("mean", "std") for i in range(12)]  # chroma00 is C, chroma09 is A
-            + ["tempo_bpm", "pulse_clarity", "onset_mean", "onset_std"])
+    return (
+        [f"loudness_{s}" for s in ("mean", "std", "min", "max", "range")]
+        + [f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "zcr") for s in ("mean", "std")]
+        + [f"mfcc{i:02d}_{s}" for s in ("mean", "std") for i in range(n_mfcc)]
+        + [f"chroma{i:02d}_{s}" for s in ("mean", "std") for i in range(12)]  # chroma00 is C, chroma09 is A
+        + ["tempo_bpm", "pulse_clarity", "onset_mean", "onset_std"]
+    )
 
 
 class HandcraftedFeatures:
@@ -47,8 +49,9 @@ class HandcraftedFeatures:
         if y.shape[-1] < self.n_fft:  # librosa wants at least one full window
             y = np.pad(y, ((0, 0), (0, self.n_fft - y.shape[-1])))
         magnitude = np.abs(librosa.stft(y, n_fft=self.n_fft, hop_length=self.hop_length))
-        rows = np.concatenate([self.loudness(y), self.spectral(y, magnitude), self.timbre_and_rhythm(magnitude ** 2)],
-                              axis=1)
+        rows = np.concatenate(
+            [self.loudness(y), self.spectral(y, magnitude), self.timbre_and_rhythm(magnitude**2)], axis=1
+        )
         # Guard only: each feature is built to stay finite (silence and clicks are tested).
         return torch.from_numpy(np.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32))
 
@@ -58,8 +61,9 @@ class HandcraftedFeatures:
         rows = []
         for clip in y:
             pcm = to_pcm16(clip)
-            segment = AudioSegment(data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=self.sample_rate,
-                                   channels=1)
+            segment = AudioSegment(
+                data=pcm.tobytes(), sample_width=SAMPLE_WIDTH, frame_rate=self.sample_rate, channels=1
+            )
             starts = range(0, max(1, len(pcm) - window + 1), window)  # whole windows only
             levels = np.array([segment.get_sample_slice(s, s + window).dBFS for s in starts])
             levels = np.maximum(levels, SILENCE_DBFS)  # a silent window is -inf dBFS
@@ -70,10 +74,12 @@ class HandcraftedFeatures:
         """[clips, 8]: mean and std of spectral centroid, bandwidth, roll-off (Hz) and zero-crossing rate."""
         sr, n_fft = self.sample_rate, self.n_fft
         centroid = librosa.feature.spectral_centroid(S=magnitude, sr=sr, n_fft=n_fft)
-        tracks = [centroid,
-                  librosa.feature.spectral_bandwidth(S=magnitude, sr=sr, n_fft=n_fft, centroid=centroid),
-                  librosa.feature.spectral_rolloff(S=magnitude, sr=sr, n_fft=n_fft),
-                  librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=self.hop_length)]
+        tracks = [
+            centroid,
+            librosa.feature.spectral_bandwidth(S=magnitude, sr=sr, n_fft=n_fft, centroid=centroid),
+            librosa.feature.spectral_rolloff(S=magnitude, sr=sr, n_fft=n_fft),
+            librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=self.hop_length),
+        ]
         return np.concatenate([_mean_std(t[:, 0, :]) for t in tracks], axis=1)
 
     def timbre_and_rhythm(self, power: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from genrenet.registry import MODELS
 @dataclass(config=STRICT)
 class CNNSettings:
     """The model section of a CNN (small_cnn, resnet_cnn)."""
+
     name: str = "small_cnn"
     width: int = Field(32, gt=0, le=1024)  # channels of the first block; later blocks double it
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
@@ -55,8 +56,16 @@ class GlobalPoolCNN(nn.Module):
     feature fired: convolutions alone barely do, and the spectral envelope is what tells steady
     textures (rain, sea waves, an engine) apart."""
 
-    def __init__(self, blocks: nn.Sequential, channels: int, n_classes: int, n_mels: int, dropout: float,
-                 norm: str, pooling: str = "global"):
+    def __init__(
+        self,
+        blocks: nn.Sequential,
+        channels: int,
+        n_classes: int,
+        n_mels: int,
+        dropout: float,
+        norm: str,
+        pooling: str = "global",
+    ):
         super().__init__()
         self.input_norm = input_norm(norm, n_mels)
         self.blocks = blocks
@@ -78,8 +87,14 @@ class GlobalPoolCNN(nn.Module):
 
     @classmethod
     def from_settings(cls, settings: CNNSettings, n_classes: int, n_mels: int) -> "GlobalPoolCNN":
-        return cls(n_classes=n_classes, n_mels=n_mels, width=settings.width, dropout=settings.dropout,
-                   norm=settings.input_norm, pooling=settings.pooling)
+        return cls(
+            n_classes=n_classes,
+            n_mels=n_mels,
+            width=settings.width,
+            dropout=settings.dropout,
+            norm=settings.input_norm,
+            pooling=settings.pooling,
+        )
 
 
 class SmallCNN(GlobalPoolCNN):
@@ -90,13 +105,27 @@ class SmallCNN(GlobalPoolCNN):
     Batch norm on the input standardizes the dB values, so features need no extra scaling.
     """
 
-    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global",
-                 pooling: str = "global"):
+    def __init__(
+        self,
+        n_classes: int,
+        n_mels: int,
+        width: int = 32,
+        dropout: float = 0.3,
+        norm: str = "global",
+        pooling: str = "global",
+    ):
         channels = [1, width, width * 2, width * 4, width * 8]
-        blocks = nn.Sequential(*[
-            nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                          nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True))
-            for c_in, c_out in zip(channels, channels[1:])])
+        blocks = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2, ceil_mode=True),
+                )
+                for c_in, c_out in zip(channels, channels[1:])
+            ]
+        )
         super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm, pooling)
 
 
@@ -107,10 +136,17 @@ class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
-        self.shortcut = (nn.Identity() if c_in == c_out else
-                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)))
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        )
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,8 +165,15 @@ class ResidualCNN(GlobalPoolCNN):
     by count_flops with forward hooks (batch norm, ReLU and pooling left out).
     """
 
-    def __init__(self, n_classes: int, n_mels: int, width: int = 32, dropout: float = 0.3, norm: str = "global",
-                 pooling: str = "global"):
+    def __init__(
+        self,
+        n_classes: int,
+        n_mels: int,
+        width: int = 32,
+        dropout: float = 0.3,
+        norm: str = "global",
+        pooling: str = "global",
+    ):
         channels = [1, width, width * 2, width * 4, width * 4]
         blocks = nn.Sequential(*[ResidualBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])])
         super().__init__(blocks, channels[-1], n_classes, n_mels, dropout, norm, pooling)
@@ -146,8 +189,11 @@ def count_flops(model: nn.Module, n_mels: int, frames: int) -> int:
     macs = []
 
     def count(layer, inputs, output):
-        per_output = layer.in_features if isinstance(layer, nn.Linear) else (
-            layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1])
+        per_output = (
+            layer.in_features
+            if isinstance(layer, nn.Linear)
+            else (layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1])
+        )
         macs.append(output.numel() * per_output)
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

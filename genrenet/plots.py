@@ -27,8 +27,10 @@ def write_plot(figure, path: Path) -> Path | None:
 def _figure(width: float, height: float, columns: int = 1):
     # matplotlib is imported here, not at the top: it takes about a second, and only plots need it.
     import matplotlib
+
     matplotlib.use("Agg")  # no display needed
     from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure, figure.subplots(1, columns, squeeze=False)[0]
 
@@ -37,8 +39,11 @@ def draw_learning_curves(rows: list[dict]):
     """Loss, accuracy and learning rate per epoch, from metrics.jsonl rows."""
     figure, (loss, accuracy, lr) = _figure(13, 3.8, columns=3)
     epochs = [row["epoch"] for row in rows]
-    for axes, keys in ((loss, ("train_loss", "valid_loss")),
-                       (accuracy, ("train_acc", "valid_clip_acc", "valid_track_acc")), (lr, ("lr",))):
+    for axes, keys in (
+        (loss, ("train_loss", "valid_loss")),
+        (accuracy, ("train_acc", "valid_clip_acc", "valid_track_acc")),
+        (lr, ("lr",)),
+    ):
         for key in keys:
             values = [np.nan if row.get(key) is None else row[key] for row in rows]
             if not all(np.isnan(values)):
@@ -56,6 +61,7 @@ def draw_learning_curves(rows: list[dict]):
 def draw_confusion(metrics: dict):
     """The confusion matrix as counts and as row-normalised fractions (rows: true class)."""
     from sklearn.metrics import ConfusionMatrixDisplay
+
     labels, counts = metrics["labels"], np.array(metrics["confusion_matrix"])
     rows = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
@@ -64,8 +70,13 @@ def draw_confusion(metrics: dict):
     many = len(labels) > MANY_CLASSES
     for axes, matrix, title, fmt in ((left, counts, "counts", "d"), (right, fractions, "row-normalised", ".2f")):
         ConfusionMatrixDisplay(matrix, display_labels=labels).plot(
-            ax=axes, include_values=not many, values_format=fmt, xticks_rotation="vertical", colorbar=False,
-            cmap="Blues")
+            ax=axes,
+            include_values=not many,
+            values_format=fmt,
+            xticks_rotation="vertical",
+            colorbar=False,
+            cmap="Blues",
+        )
         axes.set_title(f"{title} ({int(counts.sum())} tracks)")
         if many:
             axes.tick_params(labelsize=7)
@@ -133,13 +144,16 @@ def draw_timeline(results: list[dict]):
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
     figure, (axes,) = _figure(12, max(2.5, 1.2 + 0.6 * len(lanes)))
     for lane, (_, parts) in enumerate(lanes):
-        axes.broken_barh([(s["start"], s["end"] - s["start"]) for s in parts], (lane - 0.4, 0.8),
-                         facecolors=[colours[s["label"]] for s in parts])
+        axes.broken_barh(
+            [(s["start"], s["end"] - s["start"]) for s in parts],
+            (lane - 0.4, 0.8),
+            facecolors=[colours[s["label"]] for s in parts],
+        )
     axes.set_yticks(range(len(lanes)), [Path(name).name for name, _ in lanes])
     axes.invert_yaxis()
     axes.set_xlabel("seconds")
     axes.set_title("sections (consecutive clips of one label, after smoothing)")
     from matplotlib.patches import Patch
-    axes.legend(handles=[Patch(color=colours[n], label=n) for n in names], loc="upper left",
-                bbox_to_anchor=(1.0, 1.0))
+
+    axes.legend(handles=[Patch(color=colours[n], label=n) for n in names], loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure

@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -30,18 +29,18 @@ CSV_COLUMNS = ["file", "label", "probability", "top", "seconds", "error"]
 class PredictOptions:
     top_k: int = 3
     clips: bool = False  # every clip's decision
-    sections: Optional[dict] = None  # {"smooth": clips, "min_seconds": seconds}: merged sections
+    sections: dict | None = None  # {"smooth": clips, "min_seconds": seconds}: merged sections
     workers: int = 0
-    output: Optional[Path] = None  # .jsonl or .csv
+    output: Path | None = None  # .jsonl or .csv
     resume: bool = False
-    embeddings: Optional[Path] = None  # .npy
+    embeddings: Path | None = None  # .npy
     json: bool = False  # one JSON list on stdout
     keep: bool = False  # also return the results printed as text (to draw them)
     progress: bool = True
     stats: dict = field(default_factory=dict)  # filled in: files, failed, skipped, seconds, wall
 
 
-def expand_inputs(items: list[str], files_from: Optional[str] = None) -> list[Path]:
+def expand_inputs(items: list[str], files_from: str | None = None) -> list[Path]:
     """Files as given (and those listed one per line in files_from); folders become the audio files inside them."""
     if files_from:
         try:
@@ -70,8 +69,9 @@ def predict_library(classifier: Classifier, paths: list[Path], options: PredictO
     kept, start = [], time.perf_counter()
     bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=None if options.progress else True)
     try:
-        for result in classifier.predict_many(todo, options.top_k, options.workers, options.clips,
-                                              options.sections, embeddings=vectors is not None):
+        for result in classifier.predict_many(
+            todo, options.top_k, options.workers, options.clips, options.sections, embeddings=vectors is not None
+        ):
             if "error" in result:
                 stats["failed"] += 1
                 tqdm.write(f"error: {one_line(result['error'])}", file=sys.stderr)
@@ -86,8 +86,9 @@ def predict_library(classifier: Classifier, paths: list[Path], options: PredictO
             if not writer and not options.json and "error" not in result:
                 tqdm.write(format_prediction(result), file=sys.stdout)
             bar.update()
-            bar.set_postfix_str(f"{stats['seconds'] / max(time.perf_counter() - start, 1e-9):.0f}x real time",
-                                refresh=False)
+            bar.set_postfix_str(
+                f"{stats['seconds'] / max(time.perf_counter() - start, 1e-9):.0f}x real time", refresh=False
+            )
     finally:  # Ctrl-C keeps what is done: the results file is already flushed, embeddings are saved here
         bar.close()
         stats["wall"] = time.perf_counter() - start
@@ -105,8 +106,9 @@ def format_prediction(result: dict) -> str:
     for key, title in (("sections", "sections"), ("clips", "clips")):
         if key in result:
             lines.append(f"  {title} (seconds, label, probability):")
-            lines += [f"    {s['start']:8.2f} - {s['end']:8.2f}  {s['label']}  {s['probability']:.3f}"
-                      for s in result[key]]
+            lines += [
+                f"    {s['start']:8.2f} - {s['end']:8.2f}  {s['label']}  {s['probability']:.3f}" for s in result[key]
+            ]
     return "\n".join(lines)
 
 
@@ -131,7 +133,7 @@ class ResultsFile:
 
     def _read_done(self) -> set[str]:
         data = self.path.read_bytes()
-        complete = data[:data.rfind(b"\n") + 1]
+        complete = data[: data.rfind(b"\n") + 1]
         if len(complete) < len(data):  # a line cut short by a crash: drop it, that file runs again
             os.truncate(self.path, len(complete))
         text = complete.decode("utf-8", errors="replace")
@@ -157,8 +159,13 @@ def csv_row(result: dict) -> dict:
     if "error" in result:
         return {"file": result["file"], "error": result["error"]}
     top = result["top"]
-    return {"file": result["file"], "label": top[0]["label"], "probability": top[0]["probability"],
-            "top": ";".join(f"{t['label']}:{t['probability']}" for t in top), "seconds": result["seconds"]}
+    return {
+        "file": result["file"],
+        "label": top[0]["label"],
+        "probability": top[0]["probability"],
+        "top": ";".join(f"{t['label']}:{t['probability']}" for t in top),
+        "seconds": result["seconds"],
+    }
 
 
 class EmbeddingsFile:
@@ -181,8 +188,10 @@ class EmbeddingsFile:
     def save(self) -> None:
         if not self.vectors:
             return
-        for target, write in ((self.path, lambda f: np.save(f, np.stack(self.vectors))),
-                              (self.index, lambda f: f.write(json.dumps({"files": self.files}).encode()))):
+        for target, write in (
+            (self.path, lambda f: np.save(f, np.stack(self.vectors))),
+            (self.index, lambda f: f.write(json.dumps({"files": self.files}).encode())),
+        ):
             temp = target.with_name(f".{target.name}.tmp")
             with open(temp, "wb") as file:
                 write(file)

@@ -33,13 +33,20 @@ def track_id(track: Track, root: Path) -> str:
 def record_split(splits: dict[str, list[Track]], data: DataConfig) -> dict:
     """Plain data (it goes into checkpoints): the split settings and every track of every split."""
     root = data_root(data)
-    return {"settings": {key: getattr(data, key) for key in SPLIT_SETTINGS},
-            "tracks": {name: [{"id": track_id(t, root), "label": t.label, "fingerprint": fingerprint(t.path)}
-                              for t in splits[name]] for name in SPLITS}}
+    return {
+        "settings": {key: getattr(data, key) for key in SPLIT_SETTINGS},
+        "tracks": {
+            name: [
+                {"id": track_id(t, root), "label": t.label, "fingerprint": fingerprint(t.path)} for t in splits[name]
+            ]
+            for name in SPLITS
+        },
+    }
 
 
-def recorded_tracks(recorded: dict, found: list[Track], data: DataConfig, split: str,
-                    strict: bool = False) -> list[Track] | None:
+def recorded_tracks(
+    recorded: dict, found: list[Track], data: DataConfig, split: str, strict: bool = False
+) -> list[Track] | None:
     """The recorded tracks of one split as they are on disk now, or None when the record does not
     apply (other split settings, or other data holding none of the recorded tracks).
 
@@ -60,14 +67,19 @@ def recorded_tracks(recorded: dict, found: list[Track], data: DataConfig, split:
     if problems and strict:
         raise UserError(f"cannot continue the run on other data: {problems}; restore those files or start a new run")
     if problems:
-        print(f"warning: {problems}; using the {len(present) - len(set(changed) | set(relabelled))} unchanged "
-              f"recorded {split} tracks",
-              file=sys.stderr)
+        print(
+            f"warning: {problems}; using the {len(present) - len(set(changed) | set(relabelled))} unchanged "
+            f"recorded {split} tracks",
+            file=sys.stderr,
+        )
     known = {r["id"] for name in SPLITS for r in recorded["tracks"][name]}
     added = [i for i in on_disk if i not in known]
     if added and split == "test":
-        print(f"note: {len(added)} file(s) on disk are in none of the recorded splits (new since training, "
-              f"e.g. {added[0]}) and are left out", file=sys.stderr)
+        print(
+            f"note: {len(added)} file(s) on disk are in none of the recorded splits (new since training, "
+            f"e.g. {added[0]}) and are left out",
+            file=sys.stderr,
+        )
     skip = set(changed) | set(relabelled)
     return [on_disk[r["id"]] for r in wanted if r["id"] in on_disk and r["id"] not in skip]
 

@@ -14,8 +14,9 @@ The built-in entries are registered by genrenet.catalog when the package is impo
 outside the package registers its own with register_model / register_features.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from genrenet.errors import UserError
 

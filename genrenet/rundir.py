@@ -22,10 +22,17 @@ from genrenet.errors import UserError
 from genrenet.plots import draw_confusion, draw_learning_curves, write_plot
 from genrenet.runlogs import open_logs
 
-
 # What a run writes; with --overwrite, the files of the run being replaced.
-RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "metrics.csv", "tensorboard", "learning_curves.png",
-             "best.pt", "last.pt")
+RUN_FILES = (
+    "config.yaml",
+    "split.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "tensorboard",
+    "learning_curves.png",
+    "best.pt",
+    "last.pt",
+)
 
 
 class RunWriter:
@@ -42,7 +49,9 @@ class RunWriter:
         deleted only once this run saved its first best.pt, so a run killed early never leaves
         the old best.pt beside the new config."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        old = [self.dir / name for name in RUN_FILES if (self.dir / name).exists()] + sorted(self.dir.glob("eval_*.json"))
+        old = [self.dir / name for name in RUN_FILES if (self.dir / name).exists()] + sorted(
+            self.dir.glob("eval_*.json")
+        )
         if keep_previous and old:
             shutil.rmtree(self.previous, ignore_errors=True)
             self.previous.mkdir()
@@ -105,13 +114,21 @@ class RunWriter:
             extra.close()
         self.logs = []
 
-    def save(self, name: str, model: torch.nn.Module, epoch: int, metrics: dict,
-             training_state: dict | None = None) -> None:
+    def save(
+        self, name: str, model: torch.nn.Module, epoch: int, metrics: dict, training_state: dict | None = None
+    ) -> None:
         """A checkpoint of the model; training_state (to resume the run) goes into last.pt only."""
         with self._reporting_disk_errors(self.dir / name):
-            save_checkpoint(self.dir / name, model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            config=to_dict(self.config), labels=self.labels, epoch=epoch, metrics=metrics,
-                            split=self.split, training_state=training_state)
+            save_checkpoint(
+                self.dir / name,
+                model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                config=to_dict(self.config),
+                labels=self.labels,
+                epoch=epoch,
+                metrics=metrics,
+                split=self.split,
+                training_state=training_state,
+            )
         if name == "best.pt":
             shutil.rmtree(self.previous, ignore_errors=True)  # this run now has a model of its own
 
@@ -125,6 +142,8 @@ class RunWriter:
         try:
             yield
         except OSError as error:
-            raise UserError(f"could not write {path} ({error.strerror or error}); the last good checkpoint is "
-                            f"kept: free space in {self.dir}, then continue with: python train.py --resume "
-                            f"{self.dir}") from None
+            raise UserError(
+                f"could not write {path} ({error.strerror or error}); the last good checkpoint is "
+                f"kept: free space in {self.dir}, then continue with: python train.py --resume "
+                f"{self.dir}"
+            ) from None

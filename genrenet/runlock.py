@@ -41,14 +41,19 @@ class RunLock:
         try:
             self._acquire()
         except OSError as error:
-            raise UserError(f"run folder {self.run_dir} cannot be written ({error.strerror or error}); "
-                            "choose another with --set run.dir=PATH") from None
+            raise UserError(
+                f"run folder {self.run_dir} cannot be written ({error.strerror or error}); "
+                "choose another with --set run.dir=PATH"
+            ) from None
 
     def _acquire(self) -> None:
         self._made_folder = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         content = json.dumps(owner).encode()
         with _one_starter_at_a_time(self.run_dir):
             for _ in range(3):  # a stale lock is removed, then ours is created
@@ -84,9 +89,11 @@ class RunLock:
         if owner is None:
             reason = "its lock file was damaged"
         elif owner["host"] != socket.gethostname() or process_alive(owner["pid"]):
-            raise UserError(f"{self.run_dir} is in use by another run (pid {owner['pid']} on {owner['host']}, "
-                            f"started {owner.get('started', 'at an unknown time')}): wait for it to end or "
-                            f"choose another run folder; if that run is gone, delete {self.path}")
+            raise UserError(
+                f"{self.run_dir} is in use by another run (pid {owner['pid']} on {owner['host']}, "
+                f"started {owner.get('started', 'at an unknown time')}): wait for it to end or "
+                f"choose another run folder; if that run is gone, delete {self.path}"
+            )
         else:
             reason = f"its previous run (pid {owner['pid']} on {owner['host']}) is gone"
         self.path.unlink(missing_ok=True)

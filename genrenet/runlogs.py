@@ -13,11 +13,18 @@ from genrenet.errors import UserError
 
 CSV_COLUMNS = ("epoch", "train_loss", "train_acc", "lr", "valid_loss", "valid_clip_acc", "valid_track_acc", "seconds")
 # metrics.jsonl key -> TensorBoard tag; grouped by what is compared on one chart.
-TENSORBOARD_TAGS = {"train_loss": "loss/train", "valid_loss": "loss/valid", "train_acc": "accuracy/train",
-                    "valid_clip_acc": "accuracy/valid_clip", "valid_track_acc": "accuracy/valid_track",
-                    "lr": "lr/epoch"}
-MISSING_TENSORBOARD = ("run.log includes tensorboard, which needs the tensorboard package: "
-                       "pip install 'genrenet[tensorboard]' (or leave tensorboard out of run.log)")
+TENSORBOARD_TAGS = {
+    "train_loss": "loss/train",
+    "valid_loss": "loss/valid",
+    "train_acc": "accuracy/train",
+    "valid_clip_acc": "accuracy/valid_clip",
+    "valid_track_acc": "accuracy/valid_track",
+    "lr": "lr/epoch",
+}
+MISSING_TENSORBOARD = (
+    "run.log includes tensorboard, which needs the tensorboard package: "
+    "pip install 'genrenet[tensorboard]' (or leave tensorboard out of run.log)"
+)
 
 
 def check_logs(names: list[str]) -> None:

@@ -5,8 +5,6 @@ log domain), then renormalize, so a track's probabilities sum to one. A model tr
 shorter than a clip scores each clip the same way over windows of the crop's length.
 """
 
-from typing import Optional
-
 import torch
 
 
@@ -20,8 +18,13 @@ def window_starts(frames: int, window: int) -> list[int]:
 
 
 @torch.no_grad()
-def clip_log_probs(model: torch.nn.Module, features: list[torch.Tensor], device: torch.device,
-                   batch_size: int = 64, window: Optional[int] = None) -> list[torch.Tensor]:
+def clip_log_probs(
+    model: torch.nn.Module,
+    features: list[torch.Tensor],
+    device: torch.device,
+    batch_size: int = 64,
+    window: int | None = None,
+) -> list[torch.Tensor]:
     """Per track, log-probabilities of every clip: a list of [clips, classes] tensors on the CPU.
 
     window: score each clip as the renormalized mean log-probability of its windows of this many
@@ -30,12 +33,12 @@ def clip_log_probs(model: torch.nn.Module, features: list[torch.Tensor], device:
     flat = torch.cat(features) if features else torch.empty(0)
     outputs = []
     for start in range(0, len(flat), batch_size):
-        batch = flat[start:start + batch_size].float().unsqueeze(1)
+        batch = flat[start : start + batch_size].float().unsqueeze(1)
         if window is None or batch.shape[-1] <= window:
             outputs.append(torch.log_softmax(model(batch.to(device))["logits"].float(), dim=1).cpu())
             continue
         starts = window_starts(batch.shape[-1], window)
-        windows = torch.cat([batch[..., s:s + window] for s in starts])  # [windows * clips, 1, mels, window]
+        windows = torch.cat([batch[..., s : s + window] for s in starts])  # [windows * clips, 1, mels, window]
         log_probs = torch.log_softmax(model(windows.to(device))["logits"].float(), dim=1).cpu()
         outputs.append(torch.log_softmax(log_probs.view(len(starts), len(batch), -1).mean(dim=0), dim=1))
     log_probs = torch.cat(outputs) if outputs else torch.empty(0)
@@ -53,19 +56,23 @@ def per_clip(track_values: list, clip_scores: list[torch.Tensor]) -> list:
     return [value for scores, value in zip(clip_scores, track_values) for _ in range(len(scores))]
 
 
-def track_predictions(model: torch.nn.Module, features: list[torch.Tensor], device,
-                      window: Optional[int] = None) -> list[int]:
+def track_predictions(
+    model: torch.nn.Module, features: list[torch.Tensor], device, window: int | None = None
+) -> list[int]:
     """The class index each track is decided as."""
     return track_log_probs(clip_log_probs(model, features, device, window=window)).argmax(dim=1).tolist()
 
 
-def split_scores(model: torch.nn.Module, features: list[torch.Tensor], targets: list[int], device,
-                 window: Optional[int] = None) -> dict:
+def split_scores(
+    model: torch.nn.Module, features: list[torch.Tensor], targets: list[int], device, window: int | None = None
+) -> dict:
     """Loss and accuracy at clip and track level of one split, as validation reports them."""
     clip_scores = clip_log_probs(model, features, device, window=window)
     clip_targets = torch.tensor(per_clip(targets, clip_scores), dtype=torch.long)
     all_clips = torch.cat(clip_scores)
     track_decision = track_log_probs(clip_scores).argmax(dim=1)
-    return {"loss": torch.nn.functional.nll_loss(all_clips, clip_targets).item(),
-            "clip_acc": (all_clips.argmax(dim=1) == clip_targets).float().mean().item(),
-            "track_acc": (track_decision == torch.tensor(targets)).float().mean().item()}
+    return {
+        "loss": torch.nn.functional.nll_loss(all_clips, clip_targets).item(),
+        "clip_acc": (all_clips.argmax(dim=1) == clip_targets).float().mean().item(),
+        "track_acc": (track_decision == torch.tensor(targets)).float().mean().item(),
+    }

@@ -30,9 +30,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedM
         raise UserError(f"{path}: {error}") from None
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise UserError(f"{path}: weights do not fit model '{config.model.name}' ({error_line(error)})") from None
-    broken = [name for name, tensor in state["model_state"].items()
-              if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()]
+    broken = [
+        name
+        for name, tensor in state["model_state"].items()
+        if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all()
+    ]
     if broken:  # a diverged run: every prediction would be NaN
-        raise UserError(f"{path}: refused: weights hold NaN or infinite values ({broken[0]}); "
-                        "the run that wrote it diverged; retrain with a lower train.lr")
+        raise UserError(
+            f"{path}: refused: weights hold NaN or infinite values ({broken[0]}); "
+            "the run that wrote it diverged; retrain with a lower train.lr"
+        )
     return TrainedModel(model.to(device).eval(), config, list(state["labels"]), state)

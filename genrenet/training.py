@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import torch
 from sklearn.metrics import confusion_matrix
+
 from genrenet.augment import SpectrogramAugment, mixup
 from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, crop_frames, from_dict
@@ -61,7 +61,7 @@ class StopRequest:
 class TrainingData:
     labels: list[str]
     train: SplitData
-    valid: Optional[SplitData]  # None: no validation split, best.pt is the final epoch
+    valid: SplitData | None  # None: no validation split, best.pt is the final epoch
     test_tracks: list[Track]
     split_record: dict  # every track of every split, for the run directory and checkpoints
 
@@ -69,6 +69,7 @@ class TrainingData:
 @dataclass
 class RunState:
     """Where a run stands; saved in last.pt, so a resumed run continues with the same steps."""
+
     epoch: int = 1  # the epoch to run next
     batches_done: int = 0  # batches of that epoch already taken (Ctrl-C stopped it midway)
     seen: int = 0  # clips, loss sum and correct predictions of those batches
@@ -79,30 +80,44 @@ class RunState:
     finished: bool = False
 
     def to_checkpoint(self) -> dict:  # the keys of format-1 last.pt files, so they resume too
-        return {"epoch": self.epoch, "batches_done": self.batches_done,
-                "running": [self.seen, self.loss_sum, self.correct], "best": list(self.best_score),
-                "best_epoch": self.best_epoch, "finished": self.finished}
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "running": [self.seen, self.loss_sum, self.correct],
+            "best": list(self.best_score),
+            "best_epoch": self.best_epoch,
+            "finished": self.finished,
+        }
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "RunState":
         seen, loss_sum, correct = saved["running"]
-        return cls(saved["epoch"], saved["batches_done"], seen, loss_sum, correct, tuple(saved["best"]),
-                   saved["best_epoch"], saved["finished"])
+        return cls(
+            saved["epoch"],
+            saved["batches_done"],
+            seen,
+            loss_sum,
+            correct,
+            tuple(saved["best"]),
+            saved["best_epoch"],
+            saved["finished"],
+        )
 
 
 @dataclass
 class Learner:
     """The model and everything that updates it."""
+
     model: torch.nn.Module
     augment: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     device: torch.device
-    amp_dtype: Optional[torch.dtype]  # None: full precision
+    amp_dtype: torch.dtype | None  # None: full precision
     dataset: ClipDataset
     steps_per_epoch: int
-    resumed_rng: Optional[dict] = field(default=None)  # RNG state of a run stopped mid-epoch
+    resumed_rng: dict | None = field(default=None)  # RNG state of a run stopped mid-epoch
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -121,10 +136,13 @@ def build_scheduler(optimizer, config: Config, steps_per_epoch: int):
     total = train.epochs * steps_per_epoch
     if train.schedule == "onecycle":
         warm_share = train.warmup_epochs / train.epochs if train.warmup_epochs else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total,
-                                                   pct_start=warm_share)
-    factor = partial(learning_rate_factor, warmup_steps=round(train.warmup_epochs * steps_per_epoch),
-                     total_steps=total, schedule=train.schedule)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total, pct_start=warm_share)
+    factor = partial(
+        learning_rate_factor,
+        warmup_steps=round(train.warmup_epochs * steps_per_epoch),
+        total_steps=total,
+        schedule=train.schedule,
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -134,13 +152,18 @@ def build_augment(config: Config) -> torch.nn.Module:
         return torch.nn.Identity()
     aug = config.augment
     frames_per_second = config.audio.sample_rate / config.features.hop_length
-    return SpectrogramAugment(crop_frames=crop_frames(config), gain_db=aug.gain_db, freq_masks=aug.freq_masks,
-                              freq_mask_width=aug.freq_mask_width, time_masks=aug.time_masks,
-                              time_mask_width=aug.time_mask_width,
-                              shift_frames=round(aug.time_shift_seconds * frames_per_second))
+    return SpectrogramAugment(
+        crop_frames=crop_frames(config),
+        gain_db=aug.gain_db,
+        freq_masks=aug.freq_masks,
+        freq_mask_width=aug.freq_mask_width,
+        time_masks=aug.time_masks,
+        time_mask_width=aug.time_mask_width,
+        shift_frames=round(aug.time_shift_seconds * frames_per_second),
+    )
 
 
-def draw_splits(config: Config, recorded: Optional[dict]) -> dict[str, list[Track]]:
+def draw_splits(config: Config, recorded: dict | None) -> dict[str, list[Track]]:
     """The splits of a new run, or, when resuming, the recorded splits of the run as they are on disk."""
     found = find_tracks(config.data)
     if recorded is None:
@@ -151,7 +174,7 @@ def draw_splits(config: Config, recorded: Optional[dict]) -> dict[str, list[Trac
     return splits
 
 
-def prepare_data(config: Config, recorded: Optional[dict] = None) -> TrainingData:
+def prepare_data(config: Config, recorded: dict | None = None) -> TrainingData:
     """Labels and the features of each split, with every check done before long work."""
     splits = draw_splits(config, recorded)
     # data.valid_fraction: 0 trains on every non-test track, with no validation: best.pt is then the final epoch.
@@ -170,16 +193,23 @@ def prepare_data(config: Config, recorded: Optional[dict] = None) -> TrainingDat
         raise UserError(f"no {'training' if not train_data.tracks else 'validation'} track could be read")
     unreadable = sorted(set(labels) - {labels[t] for t in train_data.targets})
     if unreadable:  # every training file of these classes failed to decode and was skipped
-        raise UserError(f"class(es) with no readable training track: {', '.join(unreadable)} "
-                        "(all of their training files were skipped as unreadable)")
+        raise UserError(
+            f"class(es) with no readable training track: {', '.join(unreadable)} "
+            "(all of their training files were skipped as unreadable)"
+        )
     return TrainingData(labels, train_data, valid_data, splits["test"], record_split(splits, config.data))
 
 
 def print_data_summary(data: TrainingData) -> None:
-    valid = (f"valid {len(data.valid.tracks)} tracks ({data.valid.clip_count} clips)" if data.valid is not None
-             else "no validation split (best.pt will be the final epoch)")
-    print(f"data: {len(data.labels)} classes; train {len(data.train.tracks)} tracks ({data.train.clip_count} clips), "
-          f"{valid}, test {len(data.test_tracks)} tracks")
+    valid = (
+        f"valid {len(data.valid.tracks)} tracks ({data.valid.clip_count} clips)"
+        if data.valid is not None
+        else "no validation split (best.pt will be the final epoch)"
+    )
+    print(
+        f"data: {len(data.labels)} classes; train {len(data.train.tracks)} tracks ({data.train.clip_count} clips), "
+        f"{valid}, test {len(data.test_tracks)} tracks"
+    )
 
 
 def train(config: Config, overwrite: bool = False) -> Path:
@@ -188,8 +218,10 @@ def train(config: Config, overwrite: bool = False) -> Path:
     check_logs(config.run.log)
     with RunLock(run_dir):  # one run directory, one writer; also finds an unwritable run.dir before long work
         if (run_dir / "best.pt").exists() and not overwrite:
-            raise UserError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
-                            f"--resume {run_dir} to continue it, or choose another folder with --set run.dir=PATH")
+            raise UserError(
+                f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
+                f"--resume {run_dir} to continue it, or choose another folder with --set run.dir=PATH"
+            )
         if model_entry(config.model.name).fitted:
             return fit_once(config, run_dir)
         return fit_by_steps(config, run_dir, resume_state=None)
@@ -199,8 +231,9 @@ def resume(run_dir: str | Path) -> Path:
     """Continue a run from its last.pt (after a crash, a kill or Ctrl-C) to its planned end."""
     run_dir, last = Path(run_dir), Path(run_dir) / "last.pt"
     if run_dir.is_dir() and not last.exists():
-        raise UserError(f"{run_dir} holds no last.pt: the run stopped before its first checkpoint; "
-                        "start it again with --config")
+        raise UserError(
+            f"{run_dir} holds no last.pt: the run stopped before its first checkpoint; start it again with --config"
+        )
     with RunLock(run_dir):
         state = load_checkpoint(last)
         training_state = state.get("training_state")
@@ -214,7 +247,7 @@ def resume(run_dir: str | Path) -> Path:
         return fit_by_steps(config, run_dir, resume_state=state)
 
 
-def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) -> Path:
+def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Path:
     """The training loop of models trained by gradient steps."""
     device = resolve_device(config.train.device)
     data = prepare_data(config, recorded=resume_state.get("split") if resume_state else None)
@@ -228,8 +261,10 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) ->
     else:
         state = restore(learner, resume_state)
         writer.keep_epochs(completed=state.epoch - 1)
-        print(f"resuming {run_dir} at epoch {state.epoch}"
-              + (f", batch {state.batches_done + 1}" if state.batches_done else ""))
+        print(
+            f"resuming {run_dir} at epoch {state.epoch}"
+            + (f", batch {state.batches_done + 1}" if state.batches_done else "")
+        )
 
     try:
         with StopRequest() as stop:
@@ -244,8 +279,11 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: Optional[dict]) ->
         writer.finish(confusion=best_confusion(learner, config, data, writer))
     finally:
         writer.close()  # an interrupted run's logs are complete up to where it stopped
-    chosen = (f"best validation track accuracy {state.best_score[0]:.3f}" if data.valid is not None
-              else "the final epoch: no validation split")
+    chosen = (
+        f"best validation track accuracy {state.best_score[0]:.3f}"
+        if data.valid is not None
+        else "the final epoch: no validation split"
+    )
     print(f"saved {run_dir / 'best.pt'} (epoch {state.best_epoch}, {chosen}) and {run_dir / 'last.pt'}")
     return run_dir
 
@@ -257,7 +295,9 @@ def build_learner(config: Config, data: TrainingData, device: torch.device) -> L
     print(f"model: {config.model.name}, {count_parameters(model):,} parameters; device: {device}")
     augment = build_augment(config).to(device)
     dataset = ClipDataset(data.train.features, data.train.targets)
-    steps_per_epoch = max(1, len(dataset) // config.train.batch_size)  # drop the last partial batch: BatchNorm needs > 1
+    steps_per_epoch = max(
+        1, len(dataset) // config.train.batch_size
+    )  # drop the last partial batch: BatchNorm needs > 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     use_amp = device.type == "cuda" and config.train.amp
@@ -277,16 +317,28 @@ def restore(learner: Learner, saved: dict) -> RunState:
         learner.resumed_rng = {"cpu": training_state["rng"], "cuda": training_state.get("cuda_rng")}
         return RunState.from_checkpoint(training_state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-        raise UserError(f"last.pt of this run holds a damaged training state ({type(error).__name__}: "
-                        f"{error_line(error)}); start the run again with --config (best.pt is unaffected)") from None
+        raise UserError(
+            f"last.pt of this run holds a damaged training state ({type(error).__name__}: "
+            f"{error_line(error)}); start the run again with --config (best.pt is unaffected)"
+        ) from None
 
 
 def save_last(writer: RunWriter, learner: Learner, state: RunState, epoch: int, metrics: dict) -> None:
     cuda = learner.device.type == "cuda"
-    writer.save("last.pt", learner.model, epoch, metrics, training_state={
-        "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
-        "scaler": learner.scaler.state_dict(), "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(learner.device) if cuda else None, **state.to_checkpoint()})
+    writer.save(
+        "last.pt",
+        learner.model,
+        epoch,
+        metrics,
+        training_state={
+            "optimizer": learner.optimizer.state_dict(),
+            "scheduler": learner.scheduler.state_dict(),
+            "scaler": learner.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(learner.device) if cuda else None,
+            **state.to_checkpoint(),
+        },
+    )
 
 
 def seed_epoch(learner: Learner, config: Config, state: RunState) -> None:
@@ -301,8 +353,9 @@ def seed_epoch(learner: Learner, config: Config, state: RunState) -> None:
         torch.manual_seed(epoch_seed(config, state.epoch))
 
 
-def run_epoch(learner: Learner, config: Config, data: TrainingData, state: RunState, writer: RunWriter,
-              stop: StopRequest) -> None:
+def run_epoch(
+    learner: Learner, config: Config, data: TrainingData, state: RunState, writer: RunWriter, stop: StopRequest
+) -> None:
     """One epoch of optimizer steps (the rest of it, when resumed midway); Ctrl-C saves and stops."""
     batch_size, epoch, steps = config.train.batch_size, state.epoch, learner.steps_per_epoch
     order = torch.randperm(len(learner.dataset), generator=torch.Generator().manual_seed(epoch_seed(config, epoch)))
@@ -311,10 +364,16 @@ def run_epoch(learner: Learner, config: Config, data: TrainingData, state: RunSt
     learner.augment.train()
     if not state.batches_done:
         state.seen, state.loss_sum, state.correct = 0, 0.0, 0
-    bar = progress(range(state.batches_done, steps), desc=f"epoch {epoch}/{config.train.epochs}", unit="batch",
-                   leave=False, initial=state.batches_done, total=steps)
+    bar = progress(
+        range(state.batches_done, steps),
+        desc=f"epoch {epoch}/{config.train.epochs}",
+        unit="batch",
+        leave=False,
+        initial=state.batches_done,
+        total=steps,
+    )
     for step in bar:
-        take_step(learner, config, len(data.labels), order[step * batch_size:(step + 1) * batch_size], state)
+        take_step(learner, config, len(data.labels), order[step * batch_size : (step + 1) * batch_size], state)
         writer.log_step((epoch - 1) * steps + step + 1, learner.scheduler.get_last_lr()[0])
         bar.set_postfix(loss=f"{state.loss_sum / state.seen:.3f}", acc=f"{state.correct / state.seen:.3f}")
         if stop.requested and step + 1 < steps:
@@ -345,22 +404,30 @@ def take_step(learner: Learner, config: Config, n_classes: int, index: torch.Ten
 
 
 def diverged(config: Config, epoch: int, what: str) -> UserError:
-    return UserError(f"training diverged in epoch {epoch}: {what}; the likely cause is a learning rate too high for "
-                     f"this data (train.lr={config.train.lr:g}): lower it and start again; best.pt and last.pt keep "
-                     "the last good epoch")
+    return UserError(
+        f"training diverged in epoch {epoch}: {what}; the likely cause is a learning rate too high for "
+        f"this data (train.lr={config.train.lr:g}): lower it and start again; best.pt and last.pt keep "
+        "the last good epoch"
+    )
 
 
-def end_epoch(learner: Learner, config: Config, data: TrainingData, state: RunState, writer: RunWriter,
-              started: float) -> None:
+def end_epoch(
+    learner: Learner, config: Config, data: TrainingData, state: RunState, writer: RunWriter, started: float
+) -> None:
     """Validate, log, keep the best model, decide on early stopping, and save last.pt."""
     epoch = state.epoch
     if not all(torch.isfinite(p).all() for p in learner.model.parameters()):  # the last step's update overflowed
         raise diverged(config, epoch, "the weights hold NaN or infinite values")
-    row = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1),
-           "train_acc": state.correct / max(state.seen, 1), "lr": learner.scheduler.get_last_lr()[0]}
+    row = {
+        "epoch": epoch,
+        "train_loss": state.loss_sum / max(state.seen, 1),
+        "train_acc": state.correct / max(state.seen, 1),
+        "lr": learner.scheduler.get_last_lr()[0],
+    }
     if data.valid is not None:
-        scores = split_scores(learner.model, data.valid.features, data.valid.targets, learner.device,
-                              crop_frames(config))
+        scores = split_scores(
+            learner.model, data.valid.features, data.valid.targets, learner.device, crop_frames(config)
+        )
         row.update({f"valid_{k}": v for k, v in scores.items()})
     row["seconds"] = round(time.time() - started, 2)
     writer.log(row)
@@ -381,7 +448,7 @@ def end_epoch(learner: Learner, config: Config, data: TrainingData, state: RunSt
         print(f"early stopping: no better validation score for {patience} epochs")
 
 
-def best_confusion(learner: Learner, config: Config, data: TrainingData, writer: RunWriter) -> Optional[dict]:
+def best_confusion(learner: Learner, config: Config, data: TrainingData, writer: RunWriter) -> dict | None:
     """For TensorBoard: best.pt's track-level confusion matrix on the validation split (None when
     nothing would show it). Loads best.pt's weights into the model: training is over."""
     if data.valid is None or "tensorboard" not in config.run.log:
@@ -389,8 +456,10 @@ def best_confusion(learner: Learner, config: Config, data: TrainingData, writer:
     learner.model.load_state_dict(load_checkpoint(writer.dir / "best.pt")["model_state"])
     predicted = track_predictions(learner.model, data.valid.features, learner.device, crop_frames(config))
     classes = list(range(len(data.labels)))
-    return {"labels": data.labels, "confusion_matrix": confusion_matrix(data.valid.targets, predicted,
-                                                                        labels=classes).tolist()}
+    return {
+        "labels": data.labels,
+        "confusion_matrix": confusion_matrix(data.valid.targets, predicted, labels=classes).tolist(),
+    }
 
 
 def is_better(row: dict, state: RunState) -> bool:
@@ -401,10 +470,16 @@ def is_better(row: dict, state: RunState) -> bool:
 
 
 def epoch_line(row: dict, marked: bool) -> str:
-    valid = (f"| valid loss {row['valid_loss']:.3f} clip acc {row['valid_clip_acc']:.3f} "
-             f"track acc {row['valid_track_acc']:.3f} " if "valid_loss" in row else "")
-    return (f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
-            f"{valid}| {row['seconds']:.1f}s{' *' if marked else ''}")
+    valid = (
+        f"| valid loss {row['valid_loss']:.3f} clip acc {row['valid_clip_acc']:.3f} "
+        f"track acc {row['valid_track_acc']:.3f} "
+        if "valid_loss" in row
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
+        f"{valid}| {row['seconds']:.1f}s{' *' if marked else ''}"
+    )
 
 
 def fit_once(config: Config, run_dir: Path) -> Path:
@@ -415,24 +490,34 @@ def fit_once(config: Config, run_dir: Path) -> Path:
     features = torch.cat(data.train.features).unsqueeze(1)
     targets = torch.tensor(per_clip(data.train.targets, data.train.features), dtype=torch.long)
     kind = features_of(config)
-    print(f"model: {config.model.name} on {kind.width(config)} {kind.name} features per clip, "
-          f"fitting {len(features)} clips")
+    print(
+        f"model: {config.model.name} on {kind.width(config)} {kind.name} features per clip, "
+        f"fitting {len(features)} clips"
+    )
     started = time.time()
     model.fit(features, targets, seed=config.train.seed)
     train_scores = split_scores(model, data.train.features, data.train.targets, "cpu")
-    row = {"epoch": 1, "train_loss": train_scores["loss"], "train_acc": train_scores["clip_acc"],
-           "seconds": round(time.time() - started, 2)}
+    row = {
+        "epoch": 1,
+        "train_loss": train_scores["loss"],
+        "train_acc": train_scores["clip_acc"],
+        "seconds": round(time.time() - started, 2),
+    }
     if data.valid is not None:
-        row.update({f"valid_{k}": v for k, v in split_scores(model, data.valid.features, data.valid.targets,
-                                                             "cpu").items()})
+        row.update(
+            {f"valid_{k}": v for k, v in split_scores(model, data.valid.features, data.valid.targets, "cpu").items()}
+        )
     writer = RunWriter(run_dir, config, data.labels, data.split_record)
     writer.start(keep_previous=False)  # written only now, with the model already fitted
     writer.log(row)
     writer.save("best.pt", model, 1, row)
     writer.save("last.pt", model, 1, row, training_state={"finished": True})
     writer.finish()
-    valid = (f" | valid clip acc {row['valid_clip_acc']:.3f} track acc {row['valid_track_acc']:.3f}"
-             if data.valid is not None else "")
+    valid = (
+        f" | valid clip acc {row['valid_clip_acc']:.3f} track acc {row['valid_track_acc']:.3f}"
+        if data.valid is not None
+        else ""
+    )
     print(f"fitted in {row['seconds']:.1f}s | train clip acc {row['train_acc']:.3f}{valid}")
     print(f"saved {run_dir / 'best.pt'} and {run_dir / 'last.pt'}")
     return run_dir

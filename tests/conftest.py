@@ -29,8 +29,7 @@ def tone(freq: float = 440.0, seconds: float = 1.0, sr: int = SR, amp: float = 0
     return amp * np.sin(2 * np.pi * freq * t)
 
 
-def write_audio(path, samples: np.ndarray, sr: int = SR, format: str | None = None,
-                subtype: str | None = None) -> Path:
+def write_audio(path, samples: np.ndarray, sr: int = SR, format: str | None = None, subtype: str | None = None) -> Path:
     """Write samples ([n] or [n, channels], floats in [-1, 1]) with soundfile; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,9 +37,18 @@ def write_audio(path, samples: np.ndarray, sr: int = SR, format: str | None = No
     return path
 
 
-def write_tone(path, freq: float = 440.0, seconds: float = 1.0, sr: int = SR, amp: float = 0.5,
-               channels: int = 1, noise: float = 0.0, seed: int = 0, format: str | None = None,
-               subtype: str | None = None) -> Path:
+def write_tone(
+    path,
+    freq: float = 440.0,
+    seconds: float = 1.0,
+    sr: int = SR,
+    amp: float = 0.5,
+    channels: int = 1,
+    noise: float = 0.0,
+    seed: int = 0,
+    format: str | None = None,
+    subtype: str | None = None,
+) -> Path:
     """A sine (plus optional white noise) in every channel, in any format/subtype soundfile writes."""
     x = tone(freq, seconds, sr, amp)
     if noise:
@@ -77,20 +85,22 @@ def class_signal(label: str, seconds: float, seed: int, sr: int = SR) -> np.ndar
         x = np.zeros(n)
         period = int(sr / rng.uniform(6, 10))
         for start in range(int(rng.integers(0, period)), n, period):
-            x[start:start + 40] = 0.8 * rng.standard_normal(len(x[start:start + 40]))
+            x[start : start + 40] = 0.8 * rng.standard_normal(len(x[start : start + 40]))
     else:
         raise ValueError(label)
     return np.clip(x + background, -1, 1)
 
 
-def make_class_folder(root, per_class: int = 8, seconds: float = 2.0, ext: str = "wav",
-                      classes=CLASSES, seed: int = 0) -> Path:
+def make_class_folder(
+    root, per_class: int = 8, seconds: float = 2.0, ext: str = "wav", classes=CLASSES, seed: int = 0
+) -> Path:
     """root/<class>/<class>_NN.<ext>, per_class tracks of each class."""
     root = Path(root)
     for c, label in enumerate(classes):
         for i in range(per_class):
-            write_audio(root / label / f"{label}_{i:02d}.{ext}",
-                        class_signal(label, seconds, seed=seed * 1000 + c * 100 + i))
+            write_audio(
+                root / label / f"{label}_{i:02d}.{ext}", class_signal(label, seconds, seed=seed * 1000 + c * 100 + i)
+            )
     return root
 
 

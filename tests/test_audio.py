@@ -94,6 +94,7 @@ def test_decode_six_channel_downmix(tmp_path):
 
 # --- resampling -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("source_rate", [4000, 16000, 44100])
 def test_resampling_to_config_rate_keeps_pitch(tmp_path, source_rate):
     path = write_tone(tmp_path / f"tone_{source_rate}.wav", freq=1000, seconds=1.0, sr=source_rate, amp=0.5)
@@ -111,6 +112,7 @@ def test_output_length_is_clip_seconds_times_sample_rate(tmp_path):
 
 
 # --- level ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("peak_dbfs", [-1.0, -6.0, -20.0])
 def test_peak_normalization(tmp_path, peak_dbfs):
@@ -149,6 +151,7 @@ def test_strip_silence_keeps_short_pauses(tmp_path):
 
 # --- clips ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("clip,hop,count", [(3, 3, 3), (3, 1, 8), (3, 2, 4), (2.5, 1.5, 6), (10, 10, 1)])
 def test_clip_counts(tmp_path, clip, hop, count):
     path = write_tone(tmp_path / "ten.wav", seconds=10.0)
@@ -164,26 +167,28 @@ def test_clips_follow_the_hop(tmp_path):
     assert clips.shape[0] == 7
     for i, clip in enumerate(clips):
         start = i * SR // 2
-        np.testing.assert_allclose(clip.numpy(), ramp[start:start + SR], atol=2 / 32768)
+        np.testing.assert_allclose(clip.numpy(), ramp[start : start + SR], atol=2 / 32768)
 
 
 def test_short_track_is_padded_to_one_clip_with_trailing_zeros(tmp_path):
     path = write_tone(tmp_path / "short.wav", seconds=0.3, amp=0.5)
     clips = load_clips(path, audio_config(normalize="off", clip_seconds=1.0, hop_seconds=1.0))
     assert clips.shape == (1, SR)
-    head, tail = clips[0, :int(0.3 * SR)], clips[0, int(0.3 * SR):]
+    head, tail = clips[0, : int(0.3 * SR)], clips[0, int(0.3 * SR) :]
     np.testing.assert_allclose(head.numpy(), tone(440, 0.3, amp=0.5), atol=2 / 32768)
     assert tail.abs().max().item() == 0.0
 
 
 def test_cut_clips_drops_short_tail():
     from pydub import AudioSegment
+
     segment = AudioSegment.silent(duration=2700, frame_rate=SR)
     clips = cut_clips(segment, 1.0, 1.0)
     assert [len(c) for c in clips] == [1000, 1000]
 
 
 # --- errors ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is not None, reason="ffmpeg is installed: .m4a would be decoded")
 def test_unknown_extension_without_ffmpeg_says_to_install_it(tmp_path):

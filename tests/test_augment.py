@@ -25,9 +25,20 @@ def test_eval_mode_is_identity():
     assert SpectrogramAugment(**ALL_ON).eval()(x) is x
 
 
-@pytest.mark.parametrize("off", [{}, {"crop_frames": 0}, {"crop_frames": 64}, {"crop_frames": 100}, {"gain_db": 0.0},
-                                 {"freq_masks": 3, "freq_mask_width": 0}, {"freq_masks": 0, "freq_mask_width": 5},
-                                 {"time_masks": 3, "time_mask_width": 0}, {"time_masks": 0, "time_mask_width": 5}])
+@pytest.mark.parametrize(
+    "off",
+    [
+        {},
+        {"crop_frames": 0},
+        {"crop_frames": 64},
+        {"crop_frames": 100},
+        {"gain_db": 0.0},
+        {"freq_masks": 3, "freq_mask_width": 0},
+        {"freq_masks": 0, "freq_mask_width": 5},
+        {"time_masks": 3, "time_mask_width": 0},
+        {"time_masks": 0, "time_mask_width": 5},
+    ],
+)
 def test_switched_off_is_identity_in_train_mode(off):
     x = batch()
     torch.testing.assert_close(SpectrogramAugment(**off).train()(x), x, rtol=0, atol=0)
@@ -51,7 +62,7 @@ def test_crop_takes_consecutive_frames_at_varied_offsets():
     cropped = SpectrogramAugment(crop_frames=20).train()(x)
     offsets = []
     for original, crop in zip(x, cropped):
-        matches = [o for o in range(64 - 20 + 1) if torch.equal(original[..., o:o + 20], crop)]
+        matches = [o for o in range(64 - 20 + 1) if torch.equal(original[..., o : o + 20], crop)]
         assert len(matches) == 1
         offsets += matches
     assert len(set(offsets)) > 5
@@ -130,6 +141,7 @@ def test_mixup_off_and_reproducible():
     x, y = batch(n=8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     same, one_hot = mixup(x, y, 3, alpha=0.0)
     assert same is x and torch.equal(one_hot, F.one_hot(y, 3).float())
+
     def seeded(seed):
         torch.manual_seed(seed)
         return mixup(x, y, 3, 0.2)

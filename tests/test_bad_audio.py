@@ -15,25 +15,38 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 
-from conftest import CLASSES, REPO_ROOT, SR, make_class_folder, tone, tiny_config, tiny_config_dict, write_audio, \
-    write_config, write_garbage, write_tone
+from conftest import (
+    CLASSES,
+    REPO_ROOT,
+    SR,
+    make_class_folder,
+    tiny_config,
+    tiny_config_dict,
+    tone,
+    write_audio,
+    write_config,
+    write_garbage,
+    write_tone,
+)
 from genrenet.audio import load_clips
 from genrenet.cache import cached_features
 from genrenet.datasets import find_tracks
 from genrenet.errors import AudioError, UserError
 
+
 def _reads_chmod_000() -> bool:
     """Whether this process reads a file it has no permission for (root with CAP_DAC_OVERRIDE does)."""
     import tempfile
+
     with tempfile.TemporaryDirectory() as folder:
         probe = Path(folder) / "probe"
         probe.write_bytes(b"x")
@@ -69,8 +82,10 @@ LONG_MINUTES = 30
 
 # --- the corpus ---------------------------------------------------------------------------------
 
+
 def _valid_wav_bytes(seconds: float) -> bytes:
     import io
+
     buffer = io.BytesIO()
     soundfile.write(buffer, tone(440, seconds), SR, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
@@ -115,7 +130,7 @@ class Case:
     filename: str
     label: str
     build: Callable[[Path], Path]
-    clips: Optional[int]  # expected clip count when usable; None: an AudioError
+    clips: int | None  # expected clip count when usable; None: an AudioError
     error: str = ""  # expected part of the error message
     in_folder_scan: bool = True  # a folder dataset lists it as a track
     silent: bool = False  # usable, but every sample is 0
@@ -123,30 +138,76 @@ class Case:
 
 CASES = [
     Case("empty file", "empty.wav", "noise", lambda p: write_garbage(p, b""), None, "cannot decode"),
-    Case("random bytes .wav", "random.wav", "noise", lambda p: write_garbage(p, np.random.default_rng(1).bytes(4096)),
-         None, "cannot decode"),
-    Case("random bytes .mp3", "random.mp3", "tone", lambda p: write_garbage(p, np.random.default_rng(2).bytes(4096)),
-         None, "cannot decode"),
-    Case("random bytes .flac", "random.flac", "clicks",
-         lambda p: write_garbage(p, np.random.default_rng(3).bytes(4096)), None, "cannot decode"),
-    Case("truncated header (20 bytes)", "truncated_header.wav", "noise",
-         lambda p: write_garbage(p, _valid_wav_bytes(1.0)[:20]), None, "cannot decode"),
+    Case(
+        "random bytes .wav",
+        "random.wav",
+        "noise",
+        lambda p: write_garbage(p, np.random.default_rng(1).bytes(4096)),
+        None,
+        "cannot decode",
+    ),
+    Case(
+        "random bytes .mp3",
+        "random.mp3",
+        "tone",
+        lambda p: write_garbage(p, np.random.default_rng(2).bytes(4096)),
+        None,
+        "cannot decode",
+    ),
+    Case(
+        "random bytes .flac",
+        "random.flac",
+        "clicks",
+        lambda p: write_garbage(p, np.random.default_rng(3).bytes(4096)),
+        None,
+        "cannot decode",
+    ),
+    Case(
+        "truncated header (20 bytes)",
+        "truncated_header.wav",
+        "noise",
+        lambda p: write_garbage(p, _valid_wav_bytes(1.0)[:20]),
+        None,
+        "cannot decode",
+    ),
     # a 4 s WAV whose second half is cut off: the header promises 4 s, the file holds 2 s
-    Case("header promises more data", "cut_in_half.wav", "tone",
-         lambda p: write_garbage(p, _valid_wav_bytes(4.0)[:len(_valid_wav_bytes(4.0)) // 2 + 22]), 2),
-    Case("zero-length audio (0 frames)", "zero_frames.wav", "clicks", lambda p: write_audio(p, np.zeros(0)), None,
-         "contains no audio samples"),
+    Case(
+        "header promises more data",
+        "cut_in_half.wav",
+        "tone",
+        lambda p: write_garbage(p, _valid_wav_bytes(4.0)[: len(_valid_wav_bytes(4.0)) // 2 + 22]),
+        2,
+    ),
+    Case(
+        "zero-length audio (0 frames)",
+        "zero_frames.wav",
+        "clicks",
+        lambda p: write_audio(p, np.zeros(0)),
+        None,
+        "contains no audio samples",
+    ),
     Case("single sample", "one_sample.wav", "noise", lambda p: write_audio(p, np.array([0.5])), 1),
     Case("pure silence", "silence.wav", "tone", lambda p: write_audio(p, np.zeros(2 * SR)), 2, silent=True),
     Case("float WAV with NaN/Inf", "nan_inf.wav", "clicks", _nan_inf, 1),
     Case("6 channels", "six_channels.wav", "noise", lambda p: write_tone(p, seconds=2.0, channels=6), 2),
-    Case("96 kHz 24-bit", "hires_96k_24bit.wav", "tone",
-         lambda p: write_tone(p, seconds=2.0, sr=96000, subtype="PCM_24"), 2),
+    Case(
+        "96 kHz 24-bit",
+        "hires_96k_24bit.wav",
+        "tone",
+        lambda p: write_tone(p, seconds=2.0, sr=96000, subtype="PCM_24"),
+        2,
+    ),
     Case("8 kHz 8-bit (PCM_U8)", "pcm_u8.wav", "clicks", lambda p: write_tone(p, seconds=2.0, subtype="PCM_U8"), 2),
     Case("text with audio extension", "notes.ogg", "noise", lambda p: write_garbage(p), None, "cannot decode"),
     # root (as CI runs) reads a chmod-000 file anyway; everyone else gets "Permission denied"
-    Case("chmod 000 file", "no_permission.wav", "tone", _unreadable, 1 if READS_UNREADABLE else None,
-         "" if READS_UNREADABLE else "cannot read (Permission denied)"),
+    Case(
+        "chmod 000 file",
+        "no_permission.wav",
+        "tone",
+        _unreadable,
+        1 if READS_UNREADABLE else None,
+        "" if READS_UNREADABLE else "cannot read (Permission denied)",
+    ),
     Case("dangling symlink", "x.wav", "clicks", _dangling, None, "no such file", in_folder_scan=False),
     Case("directory named .wav", "y.wav", "noise", _directory, None, "not a regular file", in_folder_scan=False),
     Case("non-ASCII name", "Café – Ñandú 音楽.wav", "tone", lambda p: write_tone(p, seconds=1.0), 1),
@@ -157,9 +218,11 @@ GOOD = [c for c in CASES if c.clips is not None]
 
 
 def corpus_config(work: Path, data_path: Path, **sections) -> dict:
-    base = dict(audio={"clip_seconds": CLIP_SECONDS, "hop_seconds": CLIP_SECONDS},
-                data={"valid_fraction": 0.25, "test_fraction": 0.0, "on_error": "skip"},
-                train={"epochs": 2, "batch_size": 64})
+    base = dict(
+        audio={"clip_seconds": CLIP_SECONDS, "hop_seconds": CLIP_SECONDS},
+        data={"valid_fraction": 0.25, "test_fraction": 0.0, "on_error": "skip"},
+        train={"epochs": 2, "batch_size": 64},
+    )
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
     return tiny_config_dict(work, data_path, **base)
@@ -186,10 +249,19 @@ class Result:
 def run_scripts(*commands: tuple, timeout=300) -> list[Result]:
     """Run (script, *args) commands side by side, one thread each (2 cores, no oversubscription)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": PATH_WITHOUT_FFMPEG}
-    running = [subprocess.Popen([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=REPO_ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                errors="replace", env=env)
-               for script, *args in commands]
+    running = [
+        subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env,
+        )
+        for script, *args in commands
+    ]
     outputs = [p.communicate(timeout=timeout) for p in running]
     return [Result(p.returncode, *output) for p, output in zip(running, outputs)]
 
@@ -200,7 +272,8 @@ def error_lines(stderr: str) -> list[str]:
 
 # --- the audio stage and the feature cache, in-process ----------------------------------------------
 
-def describe_load(path: Path, config) -> tuple[Optional[torch.Tensor], str]:
+
+def describe_load(path: Path, config) -> tuple[torch.Tensor | None, str]:
     try:
         clips = load_clips(path, config.audio)
     except UserError as error:
@@ -268,8 +341,12 @@ def test_long_file_clip_times(corpus):
 
 def test_cached_features_on_the_whole_corpus(corpus):
     work, data, paths = corpus
-    config = tiny_config(work, data, audio={"clip_seconds": CLIP_SECONDS, "hop_seconds": CLIP_SECONDS},
-                         data={"cache_dir": str(work / "feature_cache")})
+    config = tiny_config(
+        work,
+        data,
+        audio={"clip_seconds": CLIP_SECONDS, "hop_seconds": CLIP_SECONDS},
+        data={"cache_dir": str(work / "feature_cache")},
+    )
     ordered = [paths[c.key] for c in CASES]
     frames = round(CLIP_SECONDS * SR) // config.features.hop_length + 1
     for attempt in ("cold", "warm"):
@@ -291,14 +368,19 @@ def test_cached_features_on_the_whole_corpus(corpus):
 
 # --- train.py on the corpus -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def train_runs(corpus) -> tuple[Result, Result]:
     """train.py with data.on_error=skip and, side by side on its own cache, with --set data.on_error=fail."""
     work, data, _ = corpus
     cfg = write_config(work / "skip.yaml", corpus_config(work, data, run={"dir": str(work / "run_skip")}))
-    fail = write_config(work / "fail.yaml", corpus_config(work, data, run={"dir": str(work / "run_fail")},
-                                                          data={"cache_dir": str(work / "fail_cache")}))
-    return tuple(run_scripts(("train.py", "--config", cfg), ("train.py", "--config", fail, "--set", "data.on_error=fail")))
+    fail = write_config(
+        work / "fail.yaml",
+        corpus_config(work, data, run={"dir": str(work / "run_fail")}, data={"cache_dir": str(work / "fail_cache")}),
+    )
+    return tuple(
+        run_scripts(("train.py", "--config", cfg), ("train.py", "--config", fail, "--set", "data.on_error=fail"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -338,8 +420,9 @@ def test_train_skips_bad_files(corpus, skip_run):
     assert "Traceback" not in result.stdout + result.stderr
     listed = listed_tracks(corpus)
 
-    warnings = re.findall(r"^warning: skipped (\d+) of (\d+) (train|valid) files that could not be read:$",
-                          result.stderr, flags=re.M)
+    warnings = re.findall(
+        r"^warning: skipped (\d+) of (\d+) (train|valid) files that could not be read:$", result.stderr, flags=re.M
+    )
     assert warnings, result.stderr[-3000:]
     skipped = sum(int(n) for n, _, _ in warnings)
     assert skipped == len(expected_skipped(corpus))
@@ -379,6 +462,7 @@ def test_train_on_error_fail_stops_before_any_epoch(corpus, train_runs):
 
 # --- predict.py on the corpus ---------------------------------------------------------------------
 
+
 def corpus_files(corpus) -> list[Path]:
     work, data, paths = corpus
     good = [p for label in CLASSES for p in sorted((data / label).glob(f"{label}_*.wav"))]
@@ -391,8 +475,11 @@ def predict_runs(corpus, skip_run) -> tuple[Result, Result]:
     assert skip_run.returncode == 0, skip_run.stderr[-3000:]
     best = corpus[0] / "run_skip" / "best.pt"
     files = corpus_files(corpus)
-    return tuple(run_scripts(("predict.py", "--checkpoint", best, *files),
-                             ("predict.py", "--checkpoint", best, "--json", *files)))
+    return tuple(
+        run_scripts(
+            ("predict.py", "--checkpoint", best, *files), ("predict.py", "--checkpoint", best, "--json", *files)
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -444,6 +531,7 @@ def test_predict_json_has_an_error_entry_per_bad_file(corpus, predict_json):
 
 # --- how the decode errors read ----------------------------------------------------------------------
 
+
 def test_decode_error_names_the_file_once_without_python_reprs(corpus):
     work, data, paths = corpus
     config = tiny_config(work, data)
@@ -464,6 +552,7 @@ def test_decode_error_does_not_call_an_existing_file_missing(corpus):
 
 
 # --- the input -> outcome table -------------------------------------------------------------------
+
 
 def outcome_table(corpus, skip_run_result, predict_result) -> str:
     """input -> what load_clips, train.py (on_error=skip) and predict.py did with it."""

@@ -68,6 +68,7 @@ def assert_one_line_error(result: Result, *fragments: str) -> str:
 
 # --- datasets --------------------------------------------------------------------------------
 
+
 @dataclass
 class Workspace:
     root: Path
@@ -79,9 +80,12 @@ class Workspace:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("bad_config")
-    return Workspace(root, make_class_folder(root / "ab", per_class=4, seconds=1.0, classes=("clicks", "noise")),
-                     make_class_folder(root / "ac", per_class=4, seconds=1.0, classes=("clicks", "tone"), seed=1),
-                     make_class_folder(root / "one", per_class=4, seconds=1.0, classes=("tone",)))
+    return Workspace(
+        root,
+        make_class_folder(root / "ab", per_class=4, seconds=1.0, classes=("clicks", "noise")),
+        make_class_folder(root / "ac", per_class=4, seconds=1.0, classes=("clicks", "tone"), seed=1),
+        make_class_folder(root / "one", per_class=4, seconds=1.0, classes=("tone",)),
+    )
 
 
 def manifest(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
@@ -95,29 +99,38 @@ def tracks(folder: Path, label: str) -> list[Path]:
 
 def no_valid_rows(ws: Workspace, path: Path) -> Path:
     """train and test rows only, so valid must come from data.valid_fraction."""
-    rows = [(p, label, "train" if i < 3 else "test") for label in ("clicks", "noise")
-            for i, p in enumerate(tracks(ws.ab, label))]
+    rows = [
+        (p, label, "train" if i < 3 else "test")
+        for label in ("clicks", "noise")
+        for i, p in enumerate(tracks(ws.ab, label))
+    ]
     return manifest(path, rows)
 
 
 def one_class_trains(ws: Workspace, path: Path) -> Path:
     """Every train row is clicks; noise appears only in valid."""
-    rows = [(p, "clicks", "train") for p in tracks(ws.ab, "clicks")] + \
-           [(p, "noise", "valid") for p in tracks(ws.ab, "noise")]
+    rows = [(p, "clicks", "train") for p in tracks(ws.ab, "clicks")] + [
+        (p, "noise", "valid") for p in tracks(ws.ab, "noise")
+    ]
     return manifest(path, rows)
 
 
 def no_train_rows(ws: Workspace, path: Path) -> Path:
-    rows = [(p, label, "valid" if i < 2 else "test") for label in ("clicks", "noise")
-            for i, p in enumerate(tracks(ws.ab, label))]
+    rows = [
+        (p, label, "valid" if i < 2 else "test")
+        for label in ("clicks", "noise")
+        for i, p in enumerate(tracks(ws.ab, label))
+    ]
     return manifest(path, rows)
 
 
 # --- train.py --------------------------------------------------------------------------------
 
+
 def set_(section, key, value):
     def change(raw, ws, tmp):
         raw.setdefault(section, {})[key] = value
+
     return change
 
 
@@ -127,11 +140,18 @@ def drop_data_path(raw, ws, tmp):
 
 def data_path(kind):
     def change(raw, ws, tmp):
-        raw["data"]["path"] = str({"missing": lambda: tmp / "no_such_folder", "one": lambda: ws.one, "empty": lambda: "",
-                                   "no_valid": lambda: no_valid_rows(ws, tmp / "m.csv"),
-                                   "one_class_trains": lambda: one_class_trains(ws, tmp / "m.csv"),
-                                   "no_train": lambda: no_train_rows(ws, tmp / "m.csv"),
-                                   "file": lambda: tracks(ws.ab, "clicks")[0]}[kind]())
+        raw["data"]["path"] = str(
+            {
+                "missing": lambda: tmp / "no_such_folder",
+                "one": lambda: ws.one,
+                "empty": lambda: "",
+                "no_valid": lambda: no_valid_rows(ws, tmp / "m.csv"),
+                "one_class_trains": lambda: one_class_trains(ws, tmp / "m.csv"),
+                "no_train": lambda: no_train_rows(ws, tmp / "m.csv"),
+                "file": lambda: tracks(ws.ab, "clicks")[0],
+            }[kind]()
+        )
+
     return change
 
 
@@ -141,27 +161,52 @@ def unchanged(raw, ws, tmp):
 
 # (id, change to the tiny config, --set overrides, fragments the error line must hold)
 TRAIN_CASES = [
-    ("unknown key", set_("audio", "sample_rte", 8000), [],
-     ["unknown key 'audio.sample_rte'", "did you mean 'audio.sample_rate'?"]),
-    ("unknown key via --set", unchanged, ["train.epoch=2"], ["unknown key 'train.epoch'", "did you mean 'train.epochs'?"]),
+    (
+        "unknown key",
+        set_("audio", "sample_rte", 8000),
+        [],
+        ["unknown key 'audio.sample_rte'", "did you mean 'audio.sample_rate'?"],
+    ),
+    (
+        "unknown key via --set",
+        unchanged,
+        ["train.epoch=2"],
+        ["unknown key 'train.epoch'", "did you mean 'train.epochs'?"],
+    ),
     ("unknown section", set_("optimiser", "lr", 0.1), [], ["unknown key 'optimiser'"]),
     ("wrong type", set_("train", "epochs", "three"), [], ["train.epochs: expected a whole number, got 'three'"]),
     ("boolean for a number", set_("train", "epochs", True), [], ["train.epochs: expected a whole number, got true"]),
     ("wrong type via --set", unchanged, ["train.batch_size=[4]"], ["train.batch_size", "valid integer"]),
     ("section is not a mapping", lambda raw, ws, tmp: raw.update(audio=5), [], ["audio", "(got 5)"]),
-    ("negative clip_seconds", set_("audio", "clip_seconds", -1.0), [],
-     ["audio.clip_seconds", "greater than 0", "(got -1.0)"]),
-    ("hop_seconds > clip_seconds", set_("audio", "hop_seconds", 1.0), [],
-     ["audio.hop_seconds (1.0) is larger than audio.clip_seconds (0.5)"]),
-    ("n_mels > n_fft//2+1", set_("features", "n_mels", 200), [],
-     ["features.n_mels (200) is more than the 129 frequency bins of features.n_fft=256"]),
+    (
+        "negative clip_seconds",
+        set_("audio", "clip_seconds", -1.0),
+        [],
+        ["audio.clip_seconds", "greater than 0", "(got -1.0)"],
+    ),
+    (
+        "hop_seconds > clip_seconds",
+        set_("audio", "hop_seconds", 1.0),
+        [],
+        ["audio.hop_seconds (1.0) is larger than audio.clip_seconds (0.5)"],
+    ),
+    (
+        "n_mels > n_fft//2+1",
+        set_("features", "n_mels", 200),
+        [],
+        ["features.n_mels (200) is more than the 129 frequency bins of features.n_fft=256"],
+    ),
     ("missing data.path", drop_data_path, [], ["data.path is empty"]),
     ("empty data.path", data_path("empty"), [], ["data.path is empty"]),
     ("data.path does not exist", data_path("missing"), [], ["does not exist", "no_such_folder"]),
     ("data.path is an audio file", data_path("file"), [], ["is not a folder", "clicks_00.wav"]),
     ("one class", data_path("one"), [], ["only one class (tone)", "two or more"]),
-    ("no valid rows, valid_fraction 0, early stopping", data_path("no_valid"),
-     ["data.valid_fraction=0", "train.early_stopping=3"], ["train.early_stopping needs a validation split"]),
+    (
+        "no valid rows, valid_fraction 0, early stopping",
+        data_path("no_valid"),
+        ["data.valid_fraction=0", "train.early_stopping=3"],
+        ["train.early_stopping needs a validation split"],
+    ),
     ("train rows all one class", data_path("one_class_trains"), [], ["class(es) with no training track: noise"]),
     ("no train rows", data_path("no_train"), [], ["the training split has no tracks"]),
     ("YAML syntax error", None, [], ["not valid YAML"]),
@@ -193,6 +238,7 @@ def test_manifest_without_valid_rows_uses_valid_fraction(ws, tmp_path):
     """The same manifest with the default valid_fraction: valid is carved from the train rows."""
     from genrenet.config import from_dict
     from genrenet.datasets import find_tracks, split_tracks
+
     raw = tiny_config_dict(tmp_path, no_valid_rows(ws, tmp_path / "m.csv"), data={"valid_fraction": 0.3})
     splits = split_tracks(find_tracks(from_dict(raw).data), from_dict(raw).data)
     assert [len(splits[s]) for s in ("train", "valid", "test")] == [4, 2, 2]
@@ -200,6 +246,7 @@ def test_manifest_without_valid_rows_uses_valid_fraction(ws, tmp_path):
 
 
 # --- the bugs: settings accepted by the config that crash or waste the run later ---------------------
+
 
 def test_infinite_clip_seconds_is_refused(ws, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config_dict(tmp_path, ws.ab, audio={"clip_seconds": float("inf")}))
@@ -209,6 +256,7 @@ def test_infinite_clip_seconds_is_refused(ws, tmp_path):
 def test_infinite_learning_rate_is_refused(ws, tmp_path):
     from genrenet.config import from_dict
     from genrenet.errors import UserError
+
     with pytest.raises(UserError, match="train.lr"):
         from_dict(tiny_config_dict(tmp_path, ws.ab, train={"lr": float("inf")}))
 
@@ -219,7 +267,9 @@ def test_fft_longer_than_the_clip_is_refused(ws, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("features", [{"f_min": 3000.0, "f_max": 1000.0}, {"f_min": 5000.0}], ids=["f_min>f_max", "f_min>nyquist"])
+@pytest.mark.parametrize(
+    "features", [{"f_min": 3000.0, "f_max": 1000.0}, {"f_min": 5000.0}], ids=["f_min>f_max", "f_min>nyquist"]
+)
 def test_f_min_above_f_max_is_refused(ws, tmp_path, features):
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config_dict(tmp_path, ws.ab, features=features))
     assert_one_line_error(cli("train.py", "--config", cfg), "features.f_min")
@@ -233,6 +283,7 @@ def test_unknown_model_name_is_refused_before_reading_audio(ws, tmp_path):
 
 
 # --- evaluate.py and predict.py ------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained(ws) -> Path:
@@ -254,8 +305,9 @@ def reports(trained: Path) -> list[str]:
 def test_evaluate_with_labels_the_checkpoint_does_not_know(ws, trained):
     entries = cache_entries(trained)
     result = cli("evaluate.py", "--checkpoint", trained, "--data", ws.ac)
-    assert_one_line_error(result, "labels the checkpoint was not trained on: tone",
-                          "(checkpoint labels: clicks, noise)")
+    assert_one_line_error(
+        result, "labels the checkpoint was not trained on: tone", "(checkpoint labels: clicks, noise)"
+    )
     assert cache_entries(trained) == entries  # no audio of the other dataset was read
     assert reports(trained) == []
 
@@ -267,23 +319,27 @@ def test_evaluate_refuses_preprocessing_override(ws, trained):
 
 
 def test_evaluate_with_bad_data_override(ws, trained):
-    assert_one_line_error(cli("evaluate.py", "--checkpoint", trained, "--set", "data.valid_fraction=2"),
-                          "data.valid_fraction")
-    assert_one_line_error(cli("evaluate.py", "--checkpoint", trained, "--set", "data.sample_rate=16000"),
-                          "unknown key 'data.sample_rate'")
+    assert_one_line_error(
+        cli("evaluate.py", "--checkpoint", trained, "--set", "data.valid_fraction=2"), "data.valid_fraction"
+    )
+    assert_one_line_error(
+        cli("evaluate.py", "--checkpoint", trained, "--set", "data.sample_rate=16000"), "unknown key 'data.sample_rate'"
+    )
     assert reports(trained) == []
 
 
 def test_evaluate_split_without_tracks(ws, trained, tmp_path):
-    data = manifest(tmp_path / "m.csv", [(p, label, "train") for label in ("clicks", "noise")
-                                         for p in tracks(ws.ab, label)])
+    data = manifest(
+        tmp_path / "m.csv", [(p, label, "train") for label in ("clicks", "noise") for p in tracks(ws.ab, label)]
+    )
     assert_one_line_error(cli("evaluate.py", "--checkpoint", trained, "--data", data), "the test split has no tracks")
     assert reports(trained) == []
 
 
 def test_evaluate_missing_checkpoint(tmp_path):
-    assert_one_line_error(cli("evaluate.py", "--checkpoint", tmp_path / "nope.pt"),
-                          f"checkpoint not found: {tmp_path / 'nope.pt'}")
+    assert_one_line_error(
+        cli("evaluate.py", "--checkpoint", tmp_path / "nope.pt"), f"checkpoint not found: {tmp_path / 'nope.pt'}"
+    )
 
 
 @pytest.mark.parametrize("kind", ["text", "tensor", "dict", "empty", "directory"])
@@ -305,6 +361,7 @@ def test_evaluate_non_checkpoint_file(tmp_path, kind):
 
 # --- malicious pickles ------------------------------------------------------------------------
 
+
 class Payload:
     """Unpickling this runs os.system: it creates the marker file."""
 
@@ -321,8 +378,15 @@ def evil(ws):
     folder = ws.root / "evil"
     folder.mkdir()
     marker = folder / "PAYLOAD_RAN"
-    state = {"format": "genrenet-checkpoint", "version": 1, "config": Payload(marker), "labels": ["a", "b"],
-             "model_state": {}, "epoch": 1, "metrics": {}}
+    state = {
+        "format": "genrenet-checkpoint",
+        "version": 1,
+        "config": Payload(marker),
+        "labels": ["a", "b"],
+        "model_state": {},
+        "epoch": 1,
+        "metrics": {},
+    }
     raw = folder / "raw_pickle.pt"
     raw.write_bytes(pickle.dumps(state))
     zipped = folder / "torch_save.pt"
@@ -338,9 +402,17 @@ def evil_subprocesses(evil, ws):
     clip = tracks(ws.ab, "clicks")[0]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     commands = {"evaluate.py": ["--checkpoint", raw], "predict.py": ["--checkpoint", raw, clip]}
-    running = {script: subprocess.Popen([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=REPO_ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-               for script, args in commands.items()}
+    running = {
+        script: subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for script, args in commands.items()
+    }
     results = {}
     for script, process in running.items():
         stdout, stderr = process.communicate(timeout=120)

@@ -8,14 +8,16 @@ import torch
 
 from conftest import SR, tiny_config, write_garbage, write_tone
 from genrenet.cache import FeatureCache, cached_features, compute_features
-from genrenet.fileio import atomic_save
 from genrenet.config import preprocessing_key
+from genrenet.fileio import atomic_save
 
 
 @pytest.fixture
 def files(tmp_path):
-    return [write_tone(tmp_path / "audio" / f"t{i}.wav", freq=300 + 400 * i, seconds=1.0 + 0.5 * i, noise=0.01, seed=i)
-            for i in range(3)]
+    return [
+        write_tone(tmp_path / "audio" / f"t{i}.wav", freq=300 + 400 * i, seconds=1.0 + 0.5 * i, noise=0.01, seed=i)
+        for i in range(3)
+    ]
 
 
 def config_for(tmp_path, **sections):
@@ -63,12 +65,15 @@ def test_cached_values_are_what_gets_returned(tmp_path, files):
     assert torch.equal(again[0], marker)  # read from the cache, not recomputed
 
 
-@pytest.mark.parametrize("override,shape", [
-    ({"features": {"n_mels": 16}}, (2, 16, 32)),
-    ({"audio": {"sample_rate": 4000}}, (2, 32, 16)),
-    ({"audio": {"clip_seconds": 1.0, "hop_seconds": 1.0}}, (1, 32, 63)),
-    ({"features": {"hop_length": 64}}, (2, 32, 63)),
-])
+@pytest.mark.parametrize(
+    "override,shape",
+    [
+        ({"features": {"n_mels": 16}}, (2, 16, 32)),
+        ({"audio": {"sample_rate": 4000}}, (2, 32, 16)),
+        ({"audio": {"clip_seconds": 1.0, "hop_seconds": 1.0}}, (1, 32, 63)),
+        ({"features": {"hop_length": 64}}, (2, 32, 63)),
+    ],
+)
 def test_changed_preprocessing_setting_uses_new_key_and_new_shapes(tmp_path, files, override, shape):
     old = config_for(tmp_path)
     old_features, _ = cached_features(files, old)
@@ -128,7 +133,7 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path, files, damage):
     entry = FeatureCache(config).entry(files[0])
     data = entry.read_bytes()
     if damage == "truncate":
-        entry.write_bytes(data[:len(data) // 2])
+        entry.write_bytes(data[: len(data) // 2])
     elif damage == "empty":
         entry.write_bytes(b"")
     elif damage == "garbage":
@@ -175,6 +180,7 @@ def test_features_are_float16_and_finite(tmp_path, files):
 
 def test_settings_json_describes_the_key(tmp_path, files):
     import json
+
     config = config_for(tmp_path)
     cached_features(files, config)
     settings = json.loads((tmp_path / "cache" / preprocessing_key(config) / "settings.json").read_text())

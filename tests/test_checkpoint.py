@@ -34,8 +34,9 @@ def test_round_trip(tmp_path):
     model = trained_like_model(config)
     path = tmp_path / "run" / "best.pt"
     metrics = {"epoch": 3, "valid_track_acc": 0.9}
-    save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config), labels=LABELS, epoch=3,
-                    metrics=metrics)
+    save_checkpoint(
+        path, model_state=model.state_dict(), config=to_dict(config), labels=LABELS, epoch=3, metrics=metrics
+    )
     trained = load_model(path)
     loaded, loaded_config, labels, state = trained.model, trained.config, trained.labels, trained.checkpoint
     assert loaded_config == config
@@ -107,16 +108,31 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     config = tiny_config(tmp_path, tmp_path / "data")
     marker = tmp_path / "SENTINEL"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": FORMAT, "version": 1, "model_state": {}, "config": to_dict(config), "labels": LABELS,
-                "epoch": 1, "metrics": {}, "extra": Payload(marker)}, evil)
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "model_state": {},
+            "config": to_dict(config),
+            "labels": LABELS,
+            "epoch": 1,
+            "metrics": {},
+            "extra": Payload(marker),
+        },
+        evil,
+    )
     for loader in (load_checkpoint, load_model):
         with pytest.raises(UserError) as info:
             loader(evil)
         assert "evil.pt" in str(info.value) and "\n" not in str(info.value)
         assert not marker.exists()
     # the payload is real: an unsafe load (in a throwaway process) does run it
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
-                   cwd=REPO_ROOT, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )
     assert marker.exists()
 
 
@@ -160,8 +176,9 @@ def test_stored_config_is_validated(tmp_path):
     raw = to_dict(config)
     raw["train"]["epochz"] = 3
     path = tmp_path / "odd.pt"
-    save_checkpoint(path, model_state=trained_like_model(config).state_dict(), config=raw, labels=LABELS, epoch=1,
-                    metrics={})
+    save_checkpoint(
+        path, model_state=trained_like_model(config).state_dict(), config=raw, labels=LABELS, epoch=1, metrics={}
+    )
     with pytest.raises(UserError, match="unknown key 'train.epochz'"):
         load_model(path)
     assert from_dict(to_dict(config)) == config

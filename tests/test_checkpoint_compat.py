@@ -13,8 +13,8 @@ import pytest
 
 from conftest import make_class_folder
 from genrenet.checkpoint import VERSION, load_checkpoint
-from genrenet.evaluation import evaluate
 from genrenet.classifier import Classifier
+from genrenet.evaluation import evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "v1_expected.json").read_text())
@@ -41,8 +41,7 @@ def test_format_1_checkpoint_predicts_as_it_did(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["cnn", "svm"])
 def test_format_1_checkpoint_evaluates(tmp_path, kind):
     data = make_class_folder(tmp_path / "data", per_class=8, seconds=1.0)
-    report = evaluate(FIXTURES / f"v1_{kind}.pt", "test",
-                      [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}"])
+    report = evaluate(FIXTURES / f"v1_{kind}.pt", "test", [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}"])
     assert report["track"]["n"] == 4  # the stored split: 15% of 24 tracks
     assert report["model"] == ("small_cnn" if kind == "cnn" else "svm")
     assert report["track"]["accuracy"] >= 0.75

@@ -25,8 +25,13 @@ def dataset():
     features = HandcraftedFeatures(SR, n_fft=512, hop_length=128)
 
     def split(seeds):
-        x = features(torch.from_numpy(np.stack([class_signal(label, 1.0, seed=1000 * c + s)
-                                                for c, label in enumerate(CLASSES) for s in seeds]).astype(np.float32)))
+        x = features(
+            torch.from_numpy(
+                np.stack(
+                    [class_signal(label, 1.0, seed=1000 * c + s) for c, label in enumerate(CLASSES) for s in seeds]
+                ).astype(np.float32)
+            )
+        )
         return x, np.repeat(np.arange(len(CLASSES)), len(seeds))
 
     return split(range(20)), split(range(20, 30))
@@ -91,9 +96,13 @@ def test_refuses_unknown_types_without_running_them(tmp_path):
 def test_refuses_models_this_module_does_not_build():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(20, 3)), [0, 1] * 10
-    for model, reason in [(LogisticRegression().fit(x, y), "not a Pipeline"),
-                          (Pipeline([("scale", StandardScaler()), ("svm", LogisticRegression())]).fit(x, y),
-                           "holds a LogisticRegression")]:
+    for model, reason in [
+        (LogisticRegression().fit(x, y), "not a Pipeline"),
+        (
+            Pipeline([("scale", StandardScaler()), ("svm", LogisticRegression())]).fit(x, y),
+            "holds a LogisticRegression",
+        ),
+    ]:
         with pytest.raises(UserError, match=reason):
             from_bytes(skops.io.dumps(model))
 
@@ -128,10 +137,15 @@ def test_clip_log_probs_keeps_columns_of_unseen_classes(dataset):
         clip_log_probs(model, [x[:2]], num_classes=2)
 
 
-@pytest.mark.parametrize("per_class, note", [(1, "on the training clips themselves.*has 1 training clip,"),
-                                             (2, "with 2-fold cross-validation .*has 2 training clips"),
-                                             (3, "with 3-fold cross-validation .*has 3 training clips"),
-                                             (5, None)])
+@pytest.mark.parametrize(
+    "per_class, note",
+    [
+        (1, "on the training clips themselves.*has 1 training clip,"),
+        (2, "with 2-fold cross-validation .*has 2 training clips"),
+        (3, "with 3-fold cross-validation .*has 3 training clips"),
+        (5, None),
+    ],
+)
 def test_svm_calibration_adapts_to_few_clips_per_class(dataset, per_class, note):
     """Few-shot data: 5-fold calibration used to refuse any class with fewer than 5 training clips."""
     (x, y), (test_x, test_y) = dataset
@@ -167,10 +181,14 @@ def test_damaged_bytes_say_the_model_is_damaged(fitted):
     """Not a zip error or numpy's 'pickled (object) data' advice: one line saying the model is damaged."""
     good = to_bytes(fitted["svm"])
     noise = np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes()
-    damaged = {"random": noise, "truncated": good[:len(good) // 2], "empty": b"",
-               "garbage arrays": rezip(good, lambda name, d: noise[:len(d)] if name.endswith(".npy") else d),
-               "garbage schema": rezip(good, lambda name, d: noise[:len(d)] if name == "schema.json" else d),
-               "cut schema": rezip(good, lambda name, d: d[:len(d) // 2] if name == "schema.json" else d)}
+    damaged = {
+        "random": noise,
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "garbage arrays": rezip(good, lambda name, d: noise[: len(d)] if name.endswith(".npy") else d),
+        "garbage schema": rezip(good, lambda name, d: noise[: len(d)] if name == "schema.json" else d),
+        "cut schema": rezip(good, lambda name, d: d[: len(d) // 2] if name == "schema.json" else d),
+    }
     for what, data in damaged.items():
         with pytest.raises(UserError) as caught:
             from_bytes(data)

@@ -24,14 +24,24 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("classic")
     data = make_class_folder(root / "data")
     runs = {}
-    for name, model in {"svm": {"type": "svm"}, "random_forest": {"type": "random_forest", "rf_trees": 50},
-                        "cnn": {"type": "cnn", "width": 4}}.items():
-        config = {"data": {"path": str(data), "cache_dir": str(root / "cache"), "test_fraction": 0.25,
-                           "valid_fraction": 0.25},
-                  "audio": {"sample_rate": 8000, "clip_seconds": 0.5, "hop_seconds": 0.5},
-                  "features": {"n_fft": 256, "hop_length": 64, "n_mels": 32, "n_mfcc": 13},
-                  "model": model, "train": {"epochs": 3, "batch_size": 8, "device": "cpu"},
-                  "run": {"dir": str(root / "runs" / name)}}
+    for name, model in {
+        "svm": {"type": "svm"},
+        "random_forest": {"type": "random_forest", "rf_trees": 50},
+        "cnn": {"type": "cnn", "width": 4},
+    }.items():
+        config = {
+            "data": {
+                "path": str(data),
+                "cache_dir": str(root / "cache"),
+                "test_fraction": 0.25,
+                "valid_fraction": 0.25,
+            },
+            "audio": {"sample_rate": 8000, "clip_seconds": 0.5, "hop_seconds": 0.5},
+            "features": {"n_fft": 256, "hop_length": 64, "n_mels": 32, "n_mfcc": 13},
+            "model": model,
+            "train": {"epochs": 3, "batch_size": 8, "device": "cpu"},
+            "run": {"dir": str(root / "runs" / name)},
+        }
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         result = run("train.py", "--config", path)
@@ -73,8 +83,10 @@ def test_classic_predict_gives_top_k_and_clips(trained):
 
 def test_side_by_side_report_lists_every_model(trained):
     _, runs = trained
-    result = run("evaluate.py", *[arg for name in ("cnn", "svm", "random_forest")
-                                  for arg in ("--checkpoint", runs[name] / "best.pt")])
+    result = run(
+        "evaluate.py",
+        *[arg for name in ("cnn", "svm", "random_forest") for arg in ("--checkpoint", runs[name] / "best.pt")],
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     rows = [line for line in lines if line[:3] in ("A  ", "B  ", "C  ")]
@@ -84,7 +96,7 @@ def test_side_by_side_report_lists_every_model(trained):
         assert f"{report['track']['accuracy']:.3f}" in row
         assert f"{report['track']['macro_f1']:.3f}" in row
     assert "per-class F1" in result.stdout
-    per_class = lines[lines.index("per-class F1") + 2:lines.index("per-class F1") + 5]
+    per_class = lines[lines.index("per-class F1") + 2 : lines.index("per-class F1") + 5]
     assert {line.split()[0] for line in per_class} == {"noise", "clicks", "tone"}
 
 
@@ -121,21 +133,24 @@ def test_tampered_classic_model_is_refused(trained, tmp_path):
     assert "refusing to load classic model" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("tracks, note", [(4, "svm: probability calibration with 3-fold cross-validation "
-                                              "(the smallest class has 3 training clips)"),
-                                          (2, "svm: probability calibration on the training clips themselves")])
+@pytest.mark.parametrize(
+    "tracks, note",
+    [
+        (4, "svm: probability calibration with 3-fold cross-validation (the smallest class has 3 training clips)"),
+        (2, "svm: probability calibration on the training clips themselves"),
+    ],
+)
 def test_svm_fits_few_shot_data(tmp_path, capsys, tracks, note):
     """Few clips per class (few-shot subsets such as 48 ESC-50 classes) train, evaluate and predict;
     the SVM's 5-fold probability calibration used to refuse them."""
     from conftest import tiny_config_dict
+    from genrenet.classifier import Classifier
     from genrenet.config import from_dict
     from genrenet.evaluation import evaluate
-    from genrenet.classifier import Classifier
     from genrenet.training import train
 
     data = make_class_folder(tmp_path / "data", per_class=tracks, seconds=0.5)  # one 0.5 s clip per track
-    raw = tiny_config_dict(tmp_path, data, data={"test_fraction": 0.25 if tracks == 4 else 0.5,
-                                                 "valid_fraction": 0.0})
+    raw = tiny_config_dict(tmp_path, data, data={"test_fraction": 0.25 if tracks == 4 else 0.5, "valid_fraction": 0.0})
     raw["model"] = {"name": "svm"}
     run_dir = train(from_dict(raw))
     assert note in capsys.readouterr().out
@@ -159,9 +174,11 @@ def test_damaged_classic_model_is_one_clear_line(trained, tmp_path, damage):
     _, runs = trained
     state = load_checkpoint(runs["svm"] / "best.pt")
     blob = state["model_state"]["sklearn"]
-    state["model_state"]["sklearn"] = (torch.randint(0, 256, blob.shape, dtype=torch.uint8,
-                                                     generator=torch.Generator().manual_seed(0))
-                                       if damage == "random" else blob[:len(blob) // 2].clone())
+    state["model_state"]["sklearn"] = (
+        torch.randint(0, 256, blob.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        if damage == "random"
+        else blob[: len(blob) // 2].clone()
+    )
     path = tmp_path / f"{damage}.pt"
     torch.save(state, path)
     with pytest.raises(UserError) as caught:

@@ -48,8 +48,10 @@ def test_array_without_a_rate_is_one_clear_error(classifier):
 
 
 def test_predict_many_keeps_order_and_reports_bad_files(classifier, tmp_path):
-    paths = [write_audio(tmp_path / f"{label}.wav", class_signal(label, 1.5, seed=i))
-             for i, label in enumerate(["tone", "clicks", "noise"])]
+    paths = [
+        write_audio(tmp_path / f"{label}.wav", class_signal(label, 1.5, seed=i))
+        for i, label in enumerate(["tone", "clicks", "noise"])
+    ]
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"not audio")
     results = list(classifier.predict_many([paths[0], bad, *paths[1:]], top_k=1, files_per_batch=2, embeddings=True))

@@ -1,12 +1,11 @@
 """The `genrenet` command (python -m genrenet): subcommands, --help, --version, built-in configs, demo."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
 import genrenet
+from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
 from genrenet import cli, demo_data
 from genrenet.config import builtin_configs, load_config
 from genrenet.errors import UserError
@@ -40,8 +39,9 @@ def test_unknown_command_is_one_usage_error(capsys):
     assert "invalid choice: 'tran'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, option", [("train", "--config"), ("evaluate", "--split"),
-                                             ("predict", "--top-k"), ("demo", "runs/demo")])
+@pytest.mark.parametrize(
+    "command, option", [("train", "--config"), ("evaluate", "--split"), ("predict", "--top-k"), ("demo", "runs/demo")]
+)
 def test_each_command_has_its_own_help(command, option, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([command, "--help"])
@@ -71,6 +71,7 @@ def test_a_user_error_is_one_line(capsys):
 
 # --- built-in configs ------------------------------------------------------------------------
 
+
 def test_builtin_configs_are_the_repository_configs():
     # ./configs links to the packaged folder, so both spellings read the same files.
     assert (REPO_ROOT / "configs").resolve() == (REPO_ROOT / "genrenet" / "configs").resolve()
@@ -98,6 +99,7 @@ def test_a_path_is_never_taken_for_a_builtin_name(tmp_path, monkeypatch):
 
 # --- genrenet demo ---------------------------------------------------------------------------
 
+
 def fake_demo_steps(monkeypatch, fail=None):
     """Record the demo's steps instead of running them (the real demo takes a minute)."""
     calls = []
@@ -106,6 +108,7 @@ def fake_demo_steps(monkeypatch, fail=None):
         def run(argv, prog=None):
             calls.append((name, list(argv)))
             return 1 if name == fail else 0
+
         return run
 
     monkeypatch.setattr(demo_data, "main", step("demo_data"))
@@ -122,8 +125,10 @@ def test_demo_runs_the_whole_demo_in_order(monkeypatch, capsys):
         ("run_train", ["--config", "demo", "--overwrite"]),
         ("run_evaluate", ["--checkpoint", "runs/demo/best.pt"]),
         ("demo_data", ["data/demo-unseen", "--tracks-per-genre", "1", "--seed", "2026"]),
-        ("run_predict", ["--checkpoint", "runs/demo/best.pt", "data/demo-unseen", "--plot",
-                         "runs/demo/unseen_timeline.png"]),
+        (
+            "run_predict",
+            ["--checkpoint", "runs/demo/best.pt", "data/demo-unseen", "--plot", "runs/demo/unseen_timeline.png"],
+        ),
     ]
     assert "== demo 5/5" in capsys.readouterr().out
 

@@ -40,8 +40,13 @@ def test_processes_saving_the_same_file_at_once_all_succeed(tmp_path):
 
 def _start(script: str, *args, log) -> subprocess.Popen:
     # one thread each: four processes share the machine's cores
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=REPO_ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _wait_all(procs: dict, work) -> None:
@@ -59,10 +64,20 @@ def test_two_trainings_then_two_evaluations_share_one_fresh_cache(tmp_path):
 
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("train1", "train2", "eval1", "eval2")}
     try:
-        _wait_all({name: _start("train.py", "--config", cfg, "--set", f"run.dir={tmp_path / name}", log=logs[name])
-                   for name in ("train1", "train2")}, tmp_path)
-        _wait_all({name: _start("evaluate.py", "--checkpoint", tmp_path / run / "best.pt", log=logs[name])
-                   for name, run in (("eval1", "train1"), ("eval2", "train1"))}, tmp_path)
+        _wait_all(
+            {
+                name: _start("train.py", "--config", cfg, "--set", f"run.dir={tmp_path / name}", log=logs[name])
+                for name in ("train1", "train2")
+            },
+            tmp_path,
+        )
+        _wait_all(
+            {
+                name: _start("evaluate.py", "--checkpoint", tmp_path / run / "best.pt", log=logs[name])
+                for name, run in (("eval1", "train1"), ("eval2", "train1"))
+            },
+            tmp_path,
+        )
     finally:
         for log in logs.values():
             log.close()

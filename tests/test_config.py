@@ -5,8 +5,7 @@ import dataclasses
 import pytest
 
 from conftest import write_config
-from genrenet.config import (AudioConfig, Config, apply_overrides, from_dict, load_config, preprocessing_key,
-                             to_dict)
+from genrenet.config import AudioConfig, Config, apply_overrides, from_dict, load_config, preprocessing_key, to_dict
 from genrenet.errors import UserError
 
 
@@ -39,13 +38,16 @@ def test_empty_yaml_file_gives_defaults(tmp_path):
 
 
 def test_yaml_file_loading(tmp_path):
-    path = write_config(tmp_path / "cfg.yaml", {
-        "data": {"path": "somewhere", "valid_fraction": 0.2},
-        "audio": {"sample_rate": 16000, "clip_seconds": 2.5, "hop_seconds": 1.0, "strip_silence": True},
-        "features": {"n_mels": 64, "f_max": 7000},
-        "train": {"epochs": 4, "lr": 0.005, "device": "cpu"},
-        "run": {"dir": "runs/x"},
-    })
+    path = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"path": "somewhere", "valid_fraction": 0.2},
+            "audio": {"sample_rate": 16000, "clip_seconds": 2.5, "hop_seconds": 1.0, "strip_silence": True},
+            "features": {"n_mels": 64, "f_max": 7000},
+            "train": {"epochs": 4, "lr": 0.005, "device": "cpu"},
+            "run": {"dir": "runs/x"},
+        },
+    )
     config = load_config(path)
     assert config.data.path == "somewhere" and config.data.valid_fraction == 0.2
     assert config.audio.sample_rate == 16000 and config.audio.clip_seconds == 2.5
@@ -59,9 +61,18 @@ def test_yaml_file_loading(tmp_path):
 
 def test_set_overrides_with_typed_values(tmp_path):
     path = write_config(tmp_path / "cfg.yaml", {"train": {"epochs": 4}})
-    config = load_config(path, ["train.epochs=7", "train.lr=3e-4", "audio.strip_silence=true",
-                                "features.f_max=4000", "data.path=my/data", "data.fold=2",
-                                "features.top_db="])
+    config = load_config(
+        path,
+        [
+            "train.epochs=7",
+            "train.lr=3e-4",
+            "audio.strip_silence=true",
+            "features.f_max=4000",
+            "data.path=my/data",
+            "data.fold=2",
+            "features.top_db=",
+        ],
+    )
     assert config.train.epochs == 7 and isinstance(config.train.epochs, int)
     assert config.train.lr == pytest.approx(3e-4)
     assert config.audio.strip_silence is True
@@ -79,16 +90,23 @@ def test_later_override_wins_and_input_is_not_mutated():
 
 
 def test_round_trip_through_dict():
-    config = from_dict({"audio": {"sample_rate": 8000, "clip_seconds": 1.0, "hop_seconds": 0.5},
-                        "features": {"n_mels": 32, "n_fft": 256}})
+    config = from_dict(
+        {
+            "audio": {"sample_rate": 8000, "clip_seconds": 1.0, "hop_seconds": 0.5},
+            "features": {"n_mels": 32, "n_fft": 256},
+        }
+    )
     assert from_dict(to_dict(config)) == config
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("train.epoch=3", "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
-    ("audio.sample_rat=8000", "unknown key 'audio.sample_rat' (did you mean 'audio.sample_rate'?)"),
-    ("features.nmels=64", "unknown key 'features.nmels' (did you mean 'features.n_mels'?)"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("train.epoch=3", "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+        ("audio.sample_rat=8000", "unknown key 'audio.sample_rat' (did you mean 'audio.sample_rate'?)"),
+        ("features.nmels=64", "unknown key 'features.nmels' (did you mean 'features.n_mels'?)"),
+    ],
+)
 def test_unknown_key_names_key_and_suggests_closest(override, expected):
     assert expected in error_of(overrides=[override])
 
@@ -106,27 +124,33 @@ def test_unknown_section():
     assert "unknown key 'bogus'" in error_of({"bogus": {"x": 1}})
 
 
-@pytest.mark.parametrize("override,key", [
-    ("train.epochs=abc", "train.epochs"),
-    ("train.epochs=2.5", "train.epochs"),
-    ("audio.sample_rate=fast", "audio.sample_rate"),
-    ("audio.strip_silence=maybe", "audio.strip_silence"),
-    ("train.device=tpu", "train.device"),
-    ("data.split=random", "data.split"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.epochs=abc", "train.epochs"),
+        ("train.epochs=2.5", "train.epochs"),
+        ("audio.sample_rate=fast", "audio.sample_rate"),
+        ("audio.strip_silence=maybe", "audio.strip_silence"),
+        ("train.device=tpu", "train.device"),
+        ("data.split=random", "data.split"),
+    ],
+)
 def test_wrong_type_or_choice_names_key(override, key):
     message = error_of(overrides=[override])
     assert message.startswith("config: " + key + ":"), message
 
 
-@pytest.mark.parametrize("override,fragment", [
-    ("audio.clip_seconds=-1", "audio.clip_seconds: input should be greater than 0"),
-    ("audio.sample_rate=0", "audio.sample_rate: input should be greater than 0"),
-    ("audio.peak_dbfs=3", "audio.peak_dbfs: input should be less than or equal to 0"),
-    ("train.epochs=0", "train.epochs: input should be greater than 0"),
-    ("data.valid_fraction=1.5", "data.valid_fraction"),
-    ("model.dropout=1", "model.dropout"),
-])
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("audio.clip_seconds=-1", "audio.clip_seconds: input should be greater than 0"),
+        ("audio.sample_rate=0", "audio.sample_rate: input should be greater than 0"),
+        ("audio.peak_dbfs=3", "audio.peak_dbfs: input should be less than or equal to 0"),
+        ("train.epochs=0", "train.epochs: input should be greater than 0"),
+        ("data.valid_fraction=1.5", "data.valid_fraction"),
+        ("model.dropout=1", "model.dropout"),
+    ],
+)
 def test_out_of_range_values(override, fragment):
     assert fragment in error_of(overrides=[override])
 
@@ -205,15 +229,38 @@ def test_numeric_looking_path_via_set(tmp_path):
 # --- preprocessing key ------------------------------------------------------------------------------
 
 PREPROCESSING_CHANGES = [
-    "audio.sample_rate=16000", "audio.normalize=peak", "audio.peak_dbfs=-3", "audio.strip_silence=true",
-    "audio.silence_dbfs=-40", "audio.min_silence_ms=500", "audio.clip_seconds=4", "audio.hop_seconds=1",
-    "features.n_fft=2048", "features.win_length=512", "features.hop_length=256", "features.n_mels=64",
-    "features.f_min=20", "features.f_max=8000", "features.power=1.0", "features.top_db=60", "features.n_mfcc=13",
+    "audio.sample_rate=16000",
+    "audio.normalize=peak",
+    "audio.peak_dbfs=-3",
+    "audio.strip_silence=true",
+    "audio.silence_dbfs=-40",
+    "audio.min_silence_ms=500",
+    "audio.clip_seconds=4",
+    "audio.hop_seconds=1",
+    "features.n_fft=2048",
+    "features.win_length=512",
+    "features.hop_length=256",
+    "features.n_mels=64",
+    "features.f_min=20",
+    "features.f_max=8000",
+    "features.power=1.0",
+    "features.top_db=60",
+    "features.n_mfcc=13",
 ]
 OTHER_CHANGES = [
-    "train.epochs=3", "train.lr=0.1", "train.batch_size=4", "train.seed=5", "train.device=cpu",
-    "model.width=8", "model.dropout=0.1", "data.path=elsewhere", "data.cache_dir=/tmp/c",
-    "data.split_seed=3", "data.valid_fraction=0.3", "run.dir=runs/other", "model.type=cnn",
+    "train.epochs=3",
+    "train.lr=0.1",
+    "train.batch_size=4",
+    "train.seed=5",
+    "train.device=cpu",
+    "model.width=8",
+    "model.dropout=0.1",
+    "data.path=elsewhere",
+    "data.cache_dir=/tmp/c",
+    "data.split_seed=3",
+    "data.valid_fraction=0.3",
+    "run.dir=runs/other",
+    "model.type=cnn",
 ]
 BASE = {"audio": {"normalize": "off", "clip_seconds": 3.0, "hop_seconds": 3.0}}
 
@@ -249,26 +296,33 @@ def test_preprocessing_key_is_stable():
 
 # --- no silent coercion: booleans and text where numbers belong ------------------------------------
 
-@pytest.mark.parametrize("override,expected", [
-    ("train.epochs=true", "train.epochs: expected a whole number, got true"),
-    ("train.epochs='3'", "train.epochs: expected a whole number, got '3'"),
-    ("train.lr=yes", "train.lr: expected a number, got true"),
-    ("train.lr='0.1'", "train.lr: expected a number, got '0.1'"),
-    ("audio.sample_rate=off", "audio.sample_rate: expected a whole number, got false"),
-    ("data.fold='2'", "data.fold: expected a whole number, got '2'"),
-    ("model.width=true", "model.width: expected a whole number, got true"),
-    ("model.dropout='0.1'", "model.dropout: expected a number, got '0.1'"),
-])
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("train.epochs=true", "train.epochs: expected a whole number, got true"),
+        ("train.epochs='3'", "train.epochs: expected a whole number, got '3'"),
+        ("train.lr=yes", "train.lr: expected a number, got true"),
+        ("train.lr='0.1'", "train.lr: expected a number, got '0.1'"),
+        ("audio.sample_rate=off", "audio.sample_rate: expected a whole number, got false"),
+        ("data.fold='2'", "data.fold: expected a whole number, got '2'"),
+        ("model.width=true", "model.width: expected a whole number, got true"),
+        ("model.dropout='0.1'", "model.dropout: expected a number, got '0.1'"),
+    ],
+)
 def test_booleans_and_text_are_not_numbers_via_set(override, expected):
     assert expected in error_of(overrides=[override])
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("train:\n  epochs: true\n", "train.epochs: expected a whole number, got true"),
-    ("train:\n  epochs: \"3\"\n", "train.epochs: expected a whole number, got '3'"),
-    ("features:\n  top_db: '60'\n", "features.top_db: expected a number, got '60'"),
-    ("model:\n  name: svm\n  svm_c: on\n", "model.svm_c: expected a number, got true"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("train:\n  epochs: true\n", "train.epochs: expected a whole number, got true"),
+        ('train:\n  epochs: "3"\n', "train.epochs: expected a whole number, got '3'"),
+        ("features:\n  top_db: '60'\n", "features.top_db: expected a number, got '60'"),
+        ("model:\n  name: svm\n  svm_c: on\n", "model.svm_c: expected a number, got true"),
+    ],
+)
 def test_booleans_and_text_are_not_numbers_in_yaml(tmp_path, text, expected):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
@@ -277,8 +331,19 @@ def test_booleans_and_text_are_not_numbers_in_yaml(tmp_path, text, expected):
 
 
 def test_numbers_and_choices_still_validate():
-    config = from_dict(apply_overrides({}, ["train.lr=1", "audio.clip_seconds=2", "audio.hop_seconds=1",
-                                            "audio.normalize=off", "features.top_db=", "train.amp=false"]))
+    config = from_dict(
+        apply_overrides(
+            {},
+            [
+                "train.lr=1",
+                "audio.clip_seconds=2",
+                "audio.hop_seconds=1",
+                "audio.normalize=off",
+                "features.top_db=",
+                "train.amp=false",
+            ],
+        )
+    )
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)  # an int is a fine float
     assert config.audio.clip_seconds == 2.0 and config.audio.normalize == "off"
     assert config.features.top_db is None and config.train.amp is False
@@ -288,6 +353,7 @@ def test_numbers_and_choices_still_validate():
 
 
 # --- ~ in path settings ------------------------------------------------------------------------
+
 
 def test_home_is_expanded_in_path_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -302,22 +368,40 @@ def test_home_is_expanded_in_path_settings(tmp_path, monkeypatch):
 
 # --- sizes that would exhaust memory before any other check ---------------------------------------
 
-@pytest.mark.parametrize("override,bound", [
-    ("audio.clip_seconds=100000", "600"), ("audio.hop_seconds=1000", "600"),
-    ("audio.sample_rate=10000000", "384000"), ("features.n_fft=1048576", "65536"),
-    ("features.hop_length=1000000", "65536"), ("features.n_mels=100000", "1024"),
-    ("train.batch_size=1000000", "8192"), ("data.num_workers=100000", "256"),
-])
+
+@pytest.mark.parametrize(
+    "override,bound",
+    [
+        ("audio.clip_seconds=100000", "600"),
+        ("audio.hop_seconds=1000", "600"),
+        ("audio.sample_rate=10000000", "384000"),
+        ("features.n_fft=1048576", "65536"),
+        ("features.hop_length=1000000", "65536"),
+        ("features.n_mels=100000", "1024"),
+        ("train.batch_size=1000000", "8192"),
+        ("data.num_workers=100000", "256"),
+    ],
+)
 def test_sizes_have_upper_bounds(override, bound):
     key = override.split("=")[0]
     assert f"{key}: input should be less than or equal to {bound}" in error_of(overrides=[override])
 
 
 def test_sizes_at_the_bounds_are_accepted():
-    config = from_dict(apply_overrides({}, ["audio.clip_seconds=600", "audio.hop_seconds=600",
-                                            "audio.sample_rate=384000", "features.n_fft=65536",
-                                            "features.n_mels=1024", "train.batch_size=8192",
-                                            "data.num_workers=256"]))
+    config = from_dict(
+        apply_overrides(
+            {},
+            [
+                "audio.clip_seconds=600",
+                "audio.hop_seconds=600",
+                "audio.sample_rate=384000",
+                "features.n_fft=65536",
+                "features.n_mels=1024",
+                "train.batch_size=8192",
+                "data.num_workers=256",
+            ],
+        )
+    )
     assert config.audio.clip_seconds == 600 and config.features.n_fft == 65536
 
 

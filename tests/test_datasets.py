@@ -51,6 +51,7 @@ def data_config(path, **kw) -> DataConfig:
 
 # --- folder source ---------------------------------------------------------------------------------
 
+
 def make_folder(root: Path, counts: dict) -> list[Path]:
     paths = []
     for label, n in counts.items():
@@ -85,8 +86,9 @@ def test_folder_source_stratified_split_is_a_partition(tmp_path):
         assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == 3
     # the same seed gives the same split, another seed another one
     assert split_tracks(find_tracks(cfg), cfg) == splits
-    other = split_tracks(find_tracks(cfg), data_config(tmp_path / "data", valid_fraction=0.15, test_fraction=0.2,
-                                                         split_seed=1))
+    other = split_tracks(
+        find_tracks(cfg), data_config(tmp_path / "data", valid_fraction=0.15, test_fraction=0.2, split_seed=1)
+    )
     assert other["test"] != splits["test"]
 
 
@@ -119,8 +121,11 @@ def test_zero_fractions_put_everything_in_train(tmp_path):
 def test_fractions_summing_to_one_are_a_user_error(tmp_path):
     make_folder(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
     with pytest.raises(UserError):
-        config = from_dict(apply_overrides({"data": {"path": str(tmp_path / "data")}},
-                                           ["data.valid_fraction=0.5", "data.test_fraction=0.5"]))
+        config = from_dict(
+            apply_overrides(
+                {"data": {"path": str(tmp_path / "data")}}, ["data.valid_fraction=0.5", "data.test_fraction=0.5"]
+            )
+        )
         split_tracks(find_tracks(config.data), config.data)
 
 
@@ -192,6 +197,7 @@ def test_fold_without_fold_column_is_an_error(tmp_path):
 
 
 # --- CSV manifests ------------------------------------------------------------------------------------
+
 
 def write_manifest(path: Path, header: str, rows: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,9 +314,12 @@ def test_manifest_bad_fold_value(tmp_path):
 def test_manifest_same_file_twice_in_different_splits_is_refused(tmp_path):
     touch_audio(tmp_path / "a.wav")
     touch_audio(tmp_path / "b.wav")
-    manifest = write_manifest(tmp_path / "m.csv", "path,label,split",
-                              ["a.wav,x,train", "b.wav,y,train", "a.wav,x,test"])
-    with pytest.raises(UserError, match=r"m.csv:4: 'a.wav' is already listed on line 2 \(in both the train and the test split\)"):
+    manifest = write_manifest(
+        tmp_path / "m.csv", "path,label,split", ["a.wav,x,train", "b.wav,y,train", "a.wav,x,test"]
+    )
+    with pytest.raises(
+        UserError, match=r"m.csv:4: 'a.wav' is already listed on line 2 \(in both the train and the test split\)"
+    ):
         find_tracks(data_config(manifest))
 
 
@@ -322,7 +331,9 @@ def test_manifest_same_file_spelled_differently_is_refused(tmp_path, monkeypatch
     rows += [f"{tmp_path / 'set' / 'a0.wav'},a,test", "../set/b0.wav,b,test", "a2.wav,a,valid", "b2.wav,b,valid"]
     write_manifest(tmp_path / "set" / "m.csv", "path,label,split", rows)
     cfg = data_config("set/m.csv")  # a relative data.path, as in a config file
-    with pytest.raises(UserError, match=r"m.csv:6: .* is already listed on line 2 \(in both the train and the test split\)"):
+    with pytest.raises(
+        UserError, match=r"m.csv:6: .* is already listed on line 2 \(in both the train and the test split\)"
+    ):
         find_tracks(cfg)
 
 
@@ -333,8 +344,11 @@ GTZAN_GENRES = ("blues", "classical", "jazz")
 
 def make_gtzan(root: Path, layout: str) -> dict[str, Path]:
     """A fake GTZAN tree with every track number 0-99 of three genres; names -> paths."""
-    folder, ext = {"au": ("genres", ".au"), "wav": ("genres_original", ".wav"),
-                   "kaggle": ("Data/genres_original", ".wav")}[layout]
+    folder, ext = {
+        "au": ("genres", ".au"),
+        "wav": ("genres_original", ".wav"),
+        "kaggle": ("Data/genres_original", ".wav"),
+    }[layout]
     names = {}
     for genre in GTZAN_GENRES:
         for i in range(100):

@@ -135,8 +135,17 @@ def test_genres_sound_different():
 
 
 def test_command_line(tmp_path, capsys):
-    args = [str(tmp_path / "cli"), "--tracks-per-genre", "1", "--seconds", "0.5", "--sample-rate", "8000",
-            "--seed", "7"]
+    args = [
+        str(tmp_path / "cli"),
+        "--tracks-per-genre",
+        "1",
+        "--seconds",
+        "0.5",
+        "--sample-rate",
+        "8000",
+        "--seed",
+        "7",
+    ]
     demo_data.main(args)
     assert "wrote" in capsys.readouterr().out
     assert len(wav_files(tmp_path / "cli")) == len(GENRES)

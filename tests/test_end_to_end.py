@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLASSES, REPO_ROOT, class_signal, make_class_folder, tiny_config_dict, write_audio, \
-    write_config, write_garbage
+from conftest import (
+    CLASSES,
+    REPO_ROOT,
+    class_signal,
+    make_class_folder,
+    tiny_config_dict,
+    write_audio,
+    write_config,
+    write_garbage,
+)
 from genrenet import cli
 from genrenet.config import from_dict, load_config
 from genrenet.errors import UserError
@@ -19,8 +27,13 @@ EPOCHS = 3
 
 
 def run_script(script: str, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -90,14 +103,17 @@ def test_evaluate_reports_accuracy(trained):
 def fresh_files(trained):
     """New, unseen examples of each class."""
     work = trained[0]
-    return {label: write_audio(work / "new" / f"unseen_{label}.wav", class_signal(label, 2.0, seed=777 + i))
-            for i, label in enumerate(CLASSES)}
+    return {
+        label: write_audio(work / "new" / f"unseen_{label}.wav", class_signal(label, 2.0, seed=777 + i))
+        for i, label in enumerate(CLASSES)
+    }
 
 
 def test_predict_json_with_clips(trained, fresh_files):
     work = trained[0]
-    result = run_script("predict.py", "--checkpoint", work / "run" / "best.pt", work / "new", "--json",
-                        "--clips", "--top-k", "2")
+    result = run_script(
+        "predict.py", "--checkpoint", work / "run" / "best.pt", work / "new", "--json", "--clips", "--top-k", "2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout)
     assert sorted(r["file"] for r in results) == sorted(str(p) for p in fresh_files.values())
@@ -135,8 +151,10 @@ def test_predict_bad_file_does_not_stop_the_good_one(trained, fresh_files):
 
 def test_predict_piped_into_a_reader_that_stops_early(trained, fresh_files):
     work = trained[0]
-    command = (f"{sys.executable} predict.py --checkpoint {work / 'run' / 'best.pt'} {work / 'new'} --segments "
-               f"| head -n 1; exit ${{PIPESTATUS[0]}}")
+    command = (
+        f"{sys.executable} predict.py --checkpoint {work / 'run' / 'best.pt'} {work / 'new'} --segments "
+        f"| head -n 1; exit ${{PIPESTATUS[0]}}"
+    )
     result = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stderr == ""  # no BrokenPipeError traceback
     assert result.stdout.strip().endswith(".wav")
@@ -171,6 +189,7 @@ def test_training_twice_into_same_run_dir_is_refused(trained):
 
 # --- in-process checks of the same entry points (cheaper than a subprocess each) ----------------------
 
+
 def test_overwrite_replaces_the_model(trained, capsys):
     work, cfg, _, _ = trained
     other = work / "run_overwrite"
@@ -196,6 +215,7 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys):
 
 def test_evaluate_with_only_unreadable_test_tracks_is_a_user_error(trained):
     from genrenet.evaluation import evaluate
+
     work, _, raw, _ = trained
     rows = []
     for label in CLASSES:
@@ -211,7 +231,9 @@ def test_evaluate_with_only_unreadable_test_tracks_is_a_user_error(trained):
 def test_evaluate_valid_split_matches_training_metrics(trained):
     # evaluation recomputes the split from the stored config: it must be the very split training validated on
     import torch
+
     from genrenet.evaluation import evaluate
+
     work = trained[0]
     best = work / "run" / "best.pt"
     stored = torch.load(best, weights_only=True)["metrics"]

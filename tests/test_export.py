@@ -30,8 +30,10 @@ def trained(tmp_path_factory):
 
 def waveforms():
     """A waveform shorter than one clip, one of a whole number of clips, and one with a tail."""
-    return [class_signal(label, seconds, seed=i).astype(np.float32)
-            for i, (label, seconds) in enumerate([("tone", 0.3), ("noise", 1.0), ("clicks", 1.37)])]
+    return [
+        class_signal(label, seconds, seed=i).astype(np.float32)
+        for i, (label, seconds) in enumerate([("tone", 0.3), ("noise", 1.0), ("clicks", 1.37)])
+    ]
 
 
 def reference(checkpoint):
@@ -63,13 +65,16 @@ def test_torchscript_runs_in_a_fresh_process_as_in_pytorch(trained, capsys):
     path = tmp / "model.torchscript.pt"
     assert cli.main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--output", str(path)]) == 0
     np.save(tmp / "waves.npy", np.array(waveforms(), dtype=object), allow_pickle=True)
-    script = ("import json, sys, numpy as np, torch\n"
-              "files = {'labels.json': ''}\n"
-              "model = torch.jit.load(sys.argv[1], _extra_files=files)\n"
-              "out = [[t.tolist() for t in model(torch.from_numpy(w))] for w in np.load(sys.argv[2], allow_pickle=True)]\n"
-              "print(json.dumps({'labels': json.loads(files['labels.json']), 'out': out}))\n")
-    done = subprocess.run([sys.executable, "-c", script, str(path), str(tmp / "waves.npy")],
-                          capture_output=True, text=True, timeout=300)
+    script = (
+        "import json, sys, numpy as np, torch\n"
+        "files = {'labels.json': ''}\n"
+        "model = torch.jit.load(sys.argv[1], _extra_files=files)\n"
+        "out = [[t.tolist() for t in model(torch.from_numpy(w))] for w in np.load(sys.argv[2], allow_pickle=True)]\n"
+        "print(json.dumps({'labels': json.loads(files['labels.json']), 'out': out}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp / "waves.npy")], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     expected, labels = reference(checkpoint)
@@ -98,5 +103,7 @@ def test_a_classic_model_is_refused_in_one_line(trained, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["export", "--checkpoint", str(checkpoint), "--format", "onnx"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: model 'random_forest' is a classic model (scikit-learn on handcrafted features) and cannot "
-                   "be exported to onnx; use its checkpoint with genrenet predict or Classifier"]
+    assert err == [
+        "error: model 'random_forest' is a classic model (scikit-learn on handcrafted features) and cannot "
+        "be exported to onnx; use its checkpoint with genrenet predict or Classifier"
+    ]

@@ -73,4 +73,3 @@ def test_each_clip_features_do_not_depend_on_other_clips():
     together = mel(waves(loud, quiet))
     alone = mel(waves(quiet))
     torch.testing.assert_close(together[1], alone[0])
-

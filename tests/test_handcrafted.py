@@ -18,7 +18,7 @@ def clicks(bpm: float, seconds: float = 10.0, sr: int = SR, offset: float = 0.13
     x = np.zeros(int(seconds * sr))
     for start in np.arange(offset, seconds, 60.0 / bpm):
         i = int(round(start * sr))
-        x[i:i + 20] = 0.9
+        x[i : i + 20] = 0.9
     return x
 
 

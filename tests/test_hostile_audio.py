@@ -7,10 +7,9 @@ import subprocess
 import sys
 import threading
 import warnings
-
-import numpy as np
 from unittest.mock import patch
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +31,7 @@ def _reduced(orig: int, new: int) -> tuple[int, int]:
 
 
 # --- resampling at any header rate ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("new", TARGET_RATES)
 @pytest.mark.parametrize("orig", ORDINARY_RATES)
@@ -74,13 +74,20 @@ for path in sys.argv[1:]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the address-space limit is read from /proc")
 def test_short_files_with_odd_header_rates_load_in_bounded_memory(tmp_path):
-    paths = [write_tone(tmp_path / "tiny_999983.wav", sr=999_983, seconds=0.001),  # a 2 KB file
-             write_tone(tmp_path / "tone_44101.wav", freq=1000, sr=44_101, seconds=1.0),
-             write_tone(tmp_path / "tone_7919.wav", freq=1000, sr=7_919, seconds=1.0)]
+    paths = [
+        write_tone(tmp_path / "tiny_999983.wav", sr=999_983, seconds=0.001),  # a 2 KB file
+        write_tone(tmp_path / "tone_44101.wav", freq=1000, sr=44_101, seconds=1.0),
+        write_tone(tmp_path / "tone_7919.wav", freq=1000, sr=7_919, seconds=1.0),
+    ]
     assert paths[0].stat().st_size < 2100
-    result = subprocess.run([sys.executable, "-c", _LOAD_UNDER_LIMIT, *map(str, paths)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_UNDER_LIMIT, *map(str, paths)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert [line.split(")")[0] + ")" for line in lines] == ["(1, 22050)"] * 3
@@ -99,18 +106,25 @@ def test_implausible_header_rate_is_an_audio_error(tmp_path):
 
 # --- a failure on one file skips that file ---------------------------------------------------------
 
+
 def _raises(error):
     def fail(*args, **kwargs):
         raise error
+
     return fail
 
 
-TORCH_OUT_OF_MEMORY = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough "
-                                   "memory: you tried to allocate 64032076800 bytes.")
+TORCH_OUT_OF_MEMORY = RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough "
+    "memory: you tried to allocate 64032076800 bytes."
+)
 
 
-@pytest.mark.parametrize("error", [MemoryError(), TORCH_OUT_OF_MEMORY, ZeroDivisionError("division by zero")],
-                         ids=["MemoryError", "torch out of memory", "unexpected"])
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), TORCH_OUT_OF_MEMORY, ZeroDivisionError("division by zero")],
+    ids=["MemoryError", "torch out of memory", "unexpected"],
+)
 def test_a_failure_while_resampling_is_an_audio_error_naming_the_file(tmp_path, monkeypatch, error):
     path = write_tone(tmp_path / "tone_44100.wav", sr=44100)
     monkeypatch.setattr(audio.torchaudio.functional, "resample", _raises(error))
@@ -155,6 +169,7 @@ def test_cache_skips_a_file_whose_features_run_out_of_memory(tmp_path):
 
 # --- files that are not regular files ----------------------------------------------------------------
 
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_fifo_is_not_a_regular_file_and_is_never_opened(tmp_path):
     fifo = tmp_path / "pipe.wav"
@@ -188,6 +203,7 @@ def test_missing_file_is_still_no_such_file(tmp_path):
 
 
 # --- one float -> 16-bit PCM conversion -------------------------------------------------------------
+
 
 def test_to_pcm16_clips_and_silences_broken_samples():
     pcm = audio.to_pcm16(np.array([0.0, 0.5, -1.0, 2.0, -3.0, np.nan, np.inf, -np.inf], dtype=np.float32))

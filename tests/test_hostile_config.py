@@ -53,8 +53,14 @@ def test_alias_bomb_is_refused_in_bounded_memory(tmp_path):
     path.write_text(alias_bomb(9))
     assert path.stat().st_size < 1024
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", BOUNDED_LOAD, str(path)], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", BOUNDED_LOAD, str(path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"error: {path}: ") and "alias" in result.stdout, result.stdout
 
@@ -68,18 +74,24 @@ def test_alias_that_contains_itself_is_refused(tmp_path):
 
 def test_plain_aliases_and_merge_keys_still_work(tmp_path):
     path = tmp_path / "anchors.yaml"
-    path.write_text("audio: &a {sample_rate: 8000, clip_seconds: &c 2.0, hop_seconds: *c}\n"
-                    "train:\n  <<: {epochs: 3, lr: 0.01}\n  epochs: 4\n")
+    path.write_text(
+        "audio: &a {sample_rate: 8000, clip_seconds: &c 2.0, hop_seconds: *c}\n"
+        "train:\n  <<: {epochs: 3, lr: 0.01}\n  epochs: 4\n"
+    )
     config = load_config(path)
     assert config.audio.hop_seconds == 2.0 and config.audio.sample_rate == 8000
     assert config.train.epochs == 4 and config.train.lr == 0.01
 
 
-@pytest.mark.parametrize("text,key,line,first", [
-    ("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n", "epochs", 4, 2),
-    ("train:\n  epochs: 3\naudio: {}\ntrain:\n  lr: 0.1\n", "train", 4, 1),
-    ("model: {name: small_cnn, width: 8, width: 16}\n", "width", 1, 1),
-], ids=["key", "section", "flow mapping"])
+@pytest.mark.parametrize(
+    "text,key,line,first",
+    [
+        ("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n", "epochs", 4, 2),
+        ("train:\n  epochs: 3\naudio: {}\ntrain:\n  lr: 0.1\n", "train", 4, 1),
+        ("model: {name: small_cnn, width: 8, width: 16}\n", "width", 1, 1),
+    ],
+    ids=["key", "section", "flow mapping"],
+)
 def test_duplicate_keys_are_refused(tmp_path, text, key, line, first):
     path = tmp_path / "dup.yaml"
     path.write_text(text)
@@ -88,12 +100,16 @@ def test_duplicate_keys_are_refused(tmp_path, text, key, line, first):
     assert f"duplicate key '{key}' on line {line} (first on line {first})" in message, message
 
 
-@pytest.mark.parametrize("text,got", [
-    ("- 1\n- 2\n", "a list"),
-    ("just some text\n", "the text 'just some text'"),
-    ("42\n", "int 42"),
-    ("false\n", "the boolean false"),
-], ids=["list", "string", "number", "false"])
+@pytest.mark.parametrize(
+    "text,got",
+    [
+        ("- 1\n- 2\n", "a list"),
+        ("just some text\n", "the text 'just some text'"),
+        ("42\n", "int 42"),
+        ("false\n", "the boolean false"),
+    ],
+    ids=["list", "string", "number", "false"],
+)
 @pytest.mark.parametrize("overrides", [[], ["train.epochs=3"]], ids=["plain", "with --set"])
 def test_config_that_is_not_a_mapping(tmp_path, text, got, overrides):
     path = tmp_path / "cfg.yaml"
@@ -102,10 +118,14 @@ def test_config_that_is_not_a_mapping(tmp_path, text, got, overrides):
     assert message.startswith(f"{path}: expected a mapping of sections") and message.endswith(got), message
 
 
-@pytest.mark.parametrize("data,where", [
-    (b"run:\n  dir: caf\xe9\n", "byte 0xe9 at offset 15"),  # Latin-1
-    (b"\xff\xfer\x00u\x00n\x00:\x00\n\x00", "byte 0xff at offset 0"),  # UTF-16
-], ids=["latin-1", "utf-16"])
+@pytest.mark.parametrize(
+    "data,where",
+    [
+        (b"run:\n  dir: caf\xe9\n", "byte 0xe9 at offset 15"),  # Latin-1
+        (b"\xff\xfer\x00u\x00n\x00:\x00\n\x00", "byte 0xff at offset 0"),  # UTF-16
+    ],
+    ids=["latin-1", "utf-16"],
+)
 def test_config_that_is_not_utf8(tmp_path, data, where):
     path = tmp_path / "cfg.yaml"
     path.write_bytes(data)
@@ -137,9 +157,15 @@ def test_set_and_binary_values_are_refused(tmp_path):
 def test_train_cli_refuses_a_list_config_in_one_line(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("- train\n- epochs\n")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--config", str(path),
-                             "--set", "train.epochs=2"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(path), "--set", "train.epochs=2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [f"error: {path}: expected a mapping of sections (data, audio, "
-                                                  f"features, model, augment, train, run), got a list"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: expected a mapping of sections (data, audio, features, model, augment, train, run), got a list"
+    ]

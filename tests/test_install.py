@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
 
+
 def run(*command, cwd, check=True):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing may point back at the repo
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
@@ -52,20 +53,40 @@ def source_copy(folder: Path) -> Path:
 def test_installed_package_trains_evaluates_predicts_outside_the_repo(tmp_path):
     setuptools = importlib.metadata.version("setuptools")
     if int(setuptools.split(".")[0]) < 77:
-        pytest.fail(f"setuptools {setuptools} cannot build genrenet without downloading a newer one; "
-                    "install the dev extra (make setup, or pip install -e '.[dev]')")
+        pytest.fail(
+            f"setuptools {setuptools} cannot build genrenet without downloading a newer one; "
+            "install the dev extra (make setup, or pip install -e '.[dev]')"
+        )
     python = new_venv(tmp_path / "venv")
     src = source_copy(tmp_path / "src")
-    run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-        "--ignore-installed", src, cwd=tmp_path)
+    run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--ignore-installed",
+        src,
+        cwd=tmp_path,
+    )
     genrenet = tmp_path / "venv" / "bin" / "genrenet"
     work = tmp_path / "work"  # outside the repository, and no configs/ folder here
     data = make_class_folder(work / "data", per_class=4)
     write_config(work / "tiny.yaml", tiny_config_dict(work, data, train={"epochs": 2}))
 
-    where = run(python, "-c", "import genrenet; from genrenet.config import load_config; "
-                "print(genrenet.__file__); print(load_config('demo').run.dir)", cwd=work).stdout.split()
-    assert Path(where[0]).resolve().is_relative_to((tmp_path / "venv").resolve()), where[0]  # the built package, not the editable one
+    where = run(
+        python,
+        "-c",
+        "import genrenet; from genrenet.config import load_config; "
+        "print(genrenet.__file__); print(load_config('demo').run.dir)",
+        cwd=work,
+    ).stdout.split()
+    assert Path(where[0]).resolve().is_relative_to((tmp_path / "venv").resolve()), where[
+        0
+    ]  # the built package, not the editable one
     assert where[1] == "runs/demo"  # a built-in config, by name, from the installed package data
 
     run(genrenet, "train", "--config", "tiny.yaml", cwd=work)

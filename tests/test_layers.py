@@ -10,10 +10,42 @@ PACKAGE = Path(__file__).resolve().parent.parent / "genrenet"
 LAYERS = [  # top to bottom; a module may import its own layer (without cycles) or any layer below
     ("entry points", {"cli", "__main__", "__init__"}),
     ("commands", {"training", "crossval", "evaluation", "prediction", "export"}),
-    ("stages", {"audio", "features", "handcrafted", "cache", "store", "datasets", "augment", "models", "classic",
-                "scores", "catalog", "trained", "demo_data", "classifier", "recorded_split"}),
-    ("utilities", {"errors", "registry", "config", "fileio", "checkpoint", "device", "rundir", "runlock",
-                   "progress", "plots", "runlogs"}),
+    (
+        "stages",
+        {
+            "audio",
+            "features",
+            "handcrafted",
+            "cache",
+            "store",
+            "datasets",
+            "augment",
+            "models",
+            "classic",
+            "scores",
+            "catalog",
+            "trained",
+            "demo_data",
+            "classifier",
+            "recorded_split",
+        },
+    ),
+    (
+        "utilities",
+        {
+            "errors",
+            "registry",
+            "config",
+            "fileio",
+            "checkpoint",
+            "device",
+            "rundir",
+            "runlock",
+            "progress",
+            "plots",
+            "runlogs",
+        },
+    ),
 ]
 # Imports inside functions are for heavy optional libraries only (librosa through genrenet.handcrafted).
 LAZY_ALLOWED = {("catalog", "handcrafted")}
@@ -34,8 +66,13 @@ def genrenet_imports(path: Path) -> list[tuple[str, bool]]:
             if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("genrenet"):
                 parts = child.module.split(".")
                 # `from genrenet import __version__` imports the package itself, not a module
-                names = [parts[1]] if len(parts) > 1 else [
-                    alias.name if (PACKAGE / f"{alias.name}.py").exists() else "__init__" for alias in child.names]
+                names = (
+                    [parts[1]]
+                    if len(parts) > 1
+                    else [
+                        alias.name if (PACKAGE / f"{alias.name}.py").exists() else "__init__" for alias in child.names
+                    ]
+                )
                 found.extend((name, inside) for name in names)
             elif isinstance(child, ast.Import):
                 found.extend((a.name.split(".")[1], inside) for a in child.names if a.name.startswith("genrenet."))
@@ -61,7 +98,8 @@ def test_imports_point_down_or_sideways():
         for target, _ in imports:
             assert layer_of(target) >= layer_of(module), (
                 f"genrenet/{module}.py ({LAYERS[layer_of(module)][0]}) imports {target} "
-                f"({LAYERS[layer_of(target)][0]}), a layer above it")
+                f"({LAYERS[layer_of(target)][0]}), a layer above it"
+            )
 
 
 def test_no_import_inside_a_function_dodges_a_cycle():
@@ -71,7 +109,9 @@ def test_no_import_inside_a_function_dodges_a_cycle():
 
 
 def test_no_import_cycles():
-    graph = {module: {target for target, _ in imports if target != module} for module, imports in import_graph().items()}
+    graph = {
+        module: {target for target, _ in imports if target != module} for module, imports in import_graph().items()
+    }
     visiting, done = set(), set()
 
     def walk(module, trail):

@@ -23,9 +23,12 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture
 def library(tmp_path):
     """Two folders of mixed formats and one file that is not audio."""
-    files = [write_audio(tmp_path / "lib" / folder / f"{label}.{ext}", class_signal(label, 1.5, seed=i))
-             for i, (folder, label, ext) in enumerate([("a", "tone", "wav"), ("a", "noise", "flac"),
-                                                       ("b", "clicks", "ogg"), ("b", "tone", "mp3")])]
+    files = [
+        write_audio(tmp_path / "lib" / folder / f"{label}.{ext}", class_signal(label, 1.5, seed=i))
+        for i, (folder, label, ext) in enumerate(
+            [("a", "tone", "wav"), ("a", "noise", "flac"), ("b", "clicks", "ogg"), ("b", "tone", "mp3")]
+        )
+    ]
     bad = tmp_path / "lib" / "b" / "broken.wav"
     bad.write_bytes(b"not audio at all")
     return tmp_path / "lib", sorted([*files, bad])
@@ -53,7 +56,7 @@ def test_clips_keeps_the_raw_rows(checkpoint, library, capsys):
     _, files = library
     assert predict("--checkpoint", checkpoint, files[0], "--clips") == 0
     out = capsys.readouterr().out
-    assert "clips (seconds, label, probability):" in out and len([l for l in out.splitlines() if " - " in l]) == 3
+    assert "clips (seconds, label, probability):" in out and len([row for row in out.splitlines() if " - " in row]) == 3
 
 
 def test_results_file_with_workers_error_rows_and_resume(checkpoint, library, tmp_path, capsys):
@@ -104,9 +107,14 @@ def test_embeddings_with_an_index(checkpoint, library, tmp_path):
     assert vectors.shape[0] == 4 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
 
 
-@pytest.mark.parametrize("args, message", [(["--resume"], "--resume continues an --output file"),
-                                           (["--output", "r.csv", "--segments"], "use a .jsonl output"),
-                                           ([], "give audio files or folders")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resume"], "--resume continues an --output file"),
+        (["--output", "r.csv", "--segments"], "use a .jsonl output"),
+        ([], "give audio files or folders"),
+    ],
+)
 def test_option_mistakes_are_usage_errors(checkpoint, args, message, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["predict", "--checkpoint", checkpoint, *args] + (["x.wav"] if args else []))

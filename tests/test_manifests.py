@@ -4,11 +4,11 @@ listed twice), and the encodings spreadsheets write are read or refused in one l
 from pathlib import Path
 
 import pytest
+from test_datasets import touch_audio
 
 from genrenet.config import DataConfig
 from genrenet.datasets import find_tracks, split_tracks
 from genrenet.errors import UserError
-from test_datasets import touch_audio
 
 
 def manifest_of(tmp_path, *rows: str, header: str = "path,label") -> Path:
@@ -27,8 +27,10 @@ def error_of(manifest: Path) -> str:
     return message
 
 
-@pytest.mark.parametrize("row, empty", [(",", "path and label"), (",y", "path"), ("c.wav,", "label"),
-                                        ("c.wav", "label"), ("  ,  ", "path and label")])
+@pytest.mark.parametrize(
+    "row, empty",
+    [(",", "path and label"), (",y", "path"), ("c.wav,", "label"), ("c.wav", "label"), ("  ,  ", "path and label")],
+)
 def test_empty_cells_name_the_line_and_what_is_empty(tmp_path, row, empty):
     message = error_of(manifest_of(tmp_path, "a.wav,x", "b.wav,y", row))
     assert message.startswith(f"{tmp_path / 'm.csv'}:4: empty {empty}")

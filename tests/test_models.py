@@ -34,7 +34,7 @@ def test_batch_items_are_independent_in_eval_mode():
     x = torch.randn(4, 1, 32, 20)
     with torch.no_grad():
         together = model(x)["logits"]
-        alone = torch.cat([model(x[i:i + 1])["logits"] for i in range(4)])
+        alone = torch.cat([model(x[i : i + 1])["logits"] for i in range(4)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
@@ -103,7 +103,7 @@ def test_residual_cnn_size_and_independence_in_eval_mode():
     x = torch.randn(3, 1, 32, 20)
     with torch.no_grad():
         together = small(x)["logits"]
-        alone = torch.cat([small(x[i:i + 1])["logits"] for i in range(3)])
+        alone = torch.cat([small(x[i : i + 1])["logits"] for i in range(3)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
@@ -156,7 +156,9 @@ def test_time_pooling_keeps_frequency_rows_apart(name):
     rows = maps.shape[2]
     assert rows == 3  # 40 mels pooled by 2 four times, rounding up
     assert model.head.in_features == 2 * maps.shape[1] * rows == out["embedding"].shape[1]
-    torch.testing.assert_close(out["embedding"], torch.cat([maps.mean(dim=3).flatten(1), maps.amax(dim=3).flatten(1)], 1))
+    torch.testing.assert_close(
+        out["embedding"], torch.cat([maps.mean(dim=3).flatten(1), maps.amax(dim=3).flatten(1)], 1)
+    )
     with torch.no_grad():  # still independent of the clip length
         assert model(torch.randn(2, 1, 40, 17))["logits"].shape == (2, 3)
     # a global-pooling model of the same width has a head of 2 x channels

@@ -28,8 +28,7 @@ def lrs(config, steps_per_epoch=10):
 
 
 def test_warmup_then_cosine(tmp_path):
-    config = tiny_config(tmp_path, tmp_path, train={"epochs": 10, "lr": 0.01, "warmup_epochs": 2,
-                                                    "schedule": "cosine"})
+    config = tiny_config(tmp_path, tmp_path, train={"epochs": 10, "lr": 0.01, "warmup_epochs": 2, "schedule": "cosine"})
     rates = lrs(config)
     assert rates[0] == pytest.approx(0.01 / 20)  # warm-up: 20 steps, linear
     assert rates[19] == pytest.approx(0.01)  # peak at the end of warm-up
@@ -42,8 +41,9 @@ def test_warmup_then_cosine(tmp_path):
 def test_constant_and_onecycle(tmp_path):
     constant = lrs(tiny_config(tmp_path, tmp_path, train={"epochs": 4, "lr": 0.02, "schedule": "constant"}))
     assert set(constant) == {0.02}
-    onecycle = lrs(tiny_config(tmp_path, tmp_path, train={"epochs": 4, "lr": 0.02, "schedule": "onecycle",
-                                                          "warmup_epochs": 1}))
+    onecycle = lrs(
+        tiny_config(tmp_path, tmp_path, train={"epochs": 4, "lr": 0.02, "schedule": "onecycle", "warmup_epochs": 1})
+    )
     peak = onecycle.index(max(onecycle))
     assert max(onecycle) == pytest.approx(0.02) and 8 <= peak <= 11  # peak after about one epoch
     assert onecycle[0] < 0.002 and onecycle[-1] < 0.0002
@@ -63,8 +63,13 @@ def fold_data(tmp_path_factory):
 
 
 def run_cv(config_path, *extra):
-    return subprocess.run([sys.executable, "train.py", "--config", str(config_path), "--cv", *extra],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "train.py", "--config", str(config_path), "--cv", *extra],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cross_validation_trains_every_fold_and_summarizes(fold_data, tmp_path):
@@ -80,7 +85,9 @@ def test_cross_validation_trains_every_fold_and_summarizes(fold_data, tmp_path):
     assert all(row["test_tracks"] == 9 for row in summary["folds"])
     for fold in (1, 2, 3):  # each fold held out its own tracks
         report = json.loads((tmp_path / "run" / f"fold-{fold}" / "eval_best_test.json").read_text())
-        assert {t["path"].split("/")[-1] for t in report["tracks"]} == {f"{i}.wav" for i in range(9) if i % 3 + 1 == fold}
+        assert {t["path"].split("/")[-1] for t in report["tracks"]} == {
+            f"{i}.wav" for i in range(9) if i % 3 + 1 == fold
+        }
     assert "mean track accuracy" in result.stdout
 
     again = run_cv(config_path)  # finished folds with the same config are kept, not retrained
@@ -110,6 +117,7 @@ def test_cross_validation_needs_folds(tmp_path, class_folder):
 
 # --- crops at training, windows of the crop's length at evaluation ---------------------------------
 
+
 def test_window_starts_cover_the_clip_every_half_window():
     assert window_starts(216, 109) == [0, 54, 107]  # the last window ends at the clip's end
     assert window_starts(200, 100) == [0, 50, 100]
@@ -135,8 +143,9 @@ def test_windowed_clip_scores_average_the_windows_log_probabilities():
     scores = clip_log_probs(model, clips, torch.device("cpu"), window=16)
     assert set(model.lengths) == {16}  # the model never saw a whole clip
     clip = clips[0][1]
-    expected = torch.stack([torch.log_softmax(model(clip[None, None, :, s:s + 16])["logits"][0], dim=0)
-                            for s in (0, 8, 16, 24)]).mean(dim=0)
+    expected = torch.stack(
+        [torch.log_softmax(model(clip[None, None, :, s : s + 16])["logits"][0], dim=0) for s in (0, 8, 16, 24)]
+    ).mean(dim=0)
     assert torch.allclose(scores[0][1], torch.log_softmax(expected, dim=0), atol=1e-5)
     assert [len(s) for s in scores] == [3, 1]
     assert torch.allclose(scores[1].exp().sum(dim=1), torch.ones(1))
@@ -157,10 +166,16 @@ def test_crop_config_scores_on_windows_of_the_crop(tmp_path):
 
 # --- training on every non-test track, without a validation split ----------------------------------
 
+
 def test_no_validation_split_keeps_the_final_epoch(class_folder, tmp_path):
     raw = tiny_config_dict(tmp_path, class_folder, data={"valid_fraction": 0.0}, train={"epochs": 3})
-    result = subprocess.run([sys.executable, "train.py", "--config", str(write_config(tmp_path / "c.yaml", raw))],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(write_config(tmp_path / "c.yaml", raw))],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "no validation split" in result.stdout
     run = tmp_path / "run"
@@ -175,27 +190,55 @@ def test_no_validation_split_keeps_the_final_epoch(class_folder, tmp_path):
 
 def test_early_stopping_without_validation_is_a_config_error(class_folder, tmp_path):
     raw = tiny_config_dict(tmp_path, class_folder, data={"valid_fraction": 0.0}, train={"early_stopping": 3})
-    result = subprocess.run([sys.executable, "train.py", "--config", str(write_config(tmp_path / "c.yaml", raw))],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(write_config(tmp_path / "c.yaml", raw))],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == ["error: train.early_stopping needs a validation split, "
-                                                  "but data.valid_fraction is 0"]
+    assert result.stderr.strip().splitlines() == [
+        "error: train.early_stopping needs a validation split, but data.valid_fraction is 0"
+    ]
     assert not (tmp_path / "run").exists()
 
 
 def test_ablation_bench_switches_one_piece_off_per_variant(fold_data, tmp_path):
-    raw = tiny_config_dict(tmp_path, fold_data / "index.csv", train={"epochs": 2, "label_smoothing": 0.1},
-                           data={"valid_fraction": 0.0}, augment={"mixup_alpha": 0.2, "crop_seconds": 0.25})
+    raw = tiny_config_dict(
+        tmp_path,
+        fold_data / "index.csv",
+        train={"epochs": 2, "label_smoothing": 0.1},
+        data={"valid_fraction": 0.0},
+        augment={"mixup_alpha": 0.2, "crop_seconds": 0.25},
+    )
     config_path = write_config(tmp_path / "recipe.yaml", raw)
-    result = subprocess.run([sys.executable, "bench/ablation.py", "--config", str(config_path), "--runs-dir",
-                             str(tmp_path / "ablation"), "--only", "full", "no_mixup", "no_crop"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/ablation.py",
+            "--config",
+            str(config_path),
+            "--runs-dir",
+            str(tmp_path / "ablation"),
+            "--only",
+            "full",
+            "no_mixup",
+            "no_crop",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
     assert [v["variant"] for v in report["variants"]] == ["full", "no_mixup", "no_crop"]
     assert all(len(v["folds"]) == 3 for v in report["variants"])
-    configs = {v["variant"]: yaml.safe_load((tmp_path / "ablation" / v["variant"] / "fold-1" / "config.yaml").read_text())
-               for v in report["variants"]}
+    configs = {
+        v["variant"]: yaml.safe_load((tmp_path / "ablation" / v["variant"] / "fold-1" / "config.yaml").read_text())
+        for v in report["variants"]
+    }
     assert configs["full"]["augment"]["mixup_alpha"] == 0.2 and configs["no_mixup"]["augment"]["mixup_alpha"] == 0.0
     assert configs["no_crop"]["augment"]["crop_seconds"] is None and configs["no_crop"]["augment"]["mixup_alpha"] == 0.2
     full = report["variants"][0]["accuracy"]

@@ -39,8 +39,9 @@ class TinyMLPSettings:
 class TinyMLP(torch.nn.Module):
     def __init__(self, settings: TinyMLPSettings, n_classes: int, width: int):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(width),
-                                        torch.nn.Linear(width, settings.hidden), torch.nn.ReLU())
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.BatchNorm1d(width), torch.nn.Linear(width, settings.hidden), torch.nn.ReLU()
+        )
         self.head = torch.nn.Linear(settings.hidden, n_classes)
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -50,8 +51,9 @@ class TinyMLP(torch.nn.Module):
 
 @pytest.fixture
 def tiny_mlp():
-    registry.register_features(FeatureKind("band_energies", extractor=lambda config: BandEnergies(12),
-                                           width=lambda config: 12, framed=False))
+    registry.register_features(
+        FeatureKind("band_energies", extractor=lambda config: BandEnergies(12), width=lambda config: 12, framed=False)
+    )
     registry.register_model(ModelEntry("tiny_mlp", TinyMLPSettings, "band_energies", TinyMLP))
     yield
     registry.MODELS.pop("tiny_mlp")
@@ -60,8 +62,9 @@ def tiny_mlp():
 
 def test_a_model_registered_outside_the_package_trains_evaluates_and_predicts(tmp_path, tiny_mlp, capsys):
     data = make_class_folder(tmp_path / "data", per_class=8)
-    raw = tiny_config_dict(tmp_path, data, train={"epochs": 15, "lr": 0.05, "batch_size": 8},
-                           augment={"crop_seconds": 0.25})  # no time axis: the crop must not apply
+    raw = tiny_config_dict(
+        tmp_path, data, train={"epochs": 15, "lr": 0.05, "batch_size": 8}, augment={"crop_seconds": 0.25}
+    )  # no time axis: the crop must not apply
     raw["model"] = {"name": "tiny_mlp", "hidden": 16}
     config_file = write_config(tmp_path / "mlp.yaml", raw)
 

@@ -3,7 +3,6 @@ TensorBoard, reusable evaluation outputs, and output that stays small when piped
 
 import csv
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import REPO_ROOT, make_class_folder, tiny_config, tiny_config_dict, tone, write_config
+from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, tone, write_config
 from genrenet import plots
 from genrenet.audio import decode
 from genrenet.cli import run_evaluate, run_predict, run_train
@@ -37,8 +36,10 @@ def trained(tmp_path_factory):
     """One tiny run with every log format, and its evaluation written with --json."""
     tmp = tmp_path_factory.mktemp("results")
     data = make_class_folder(tmp / "data", per_class=4, seconds=1.0)
-    config = write_config(tmp / "c.yaml", tiny_config_dict(tmp, data, train={"batch_size": 4},
-                                                          run={"log": ["jsonl", "csv", "tensorboard"]}))
+    config = write_config(
+        tmp / "c.yaml",
+        tiny_config_dict(tmp, data, train={"batch_size": 4}, run={"log": ["jsonl", "csv", "tensorboard"]}),
+    )
     assert run_train(["--config", str(config), "--quiet"]) == 0
     return tmp
 
@@ -54,6 +55,7 @@ def test_learning_curves_csv_and_tensorboard_match_metrics_jsonl(trained):
         table = list(csv.DictReader(file))
     assert [float(r["valid_track_acc"]) for r in table] == pytest.approx([r["valid_track_acc"] for r in rows])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     assert [e.value for e in events.Scalars("loss/train")] == pytest.approx([r["train_loss"] for r in rows])
     assert len(events.Scalars("lr/step")) > len(rows)  # one per optimizer step
@@ -78,8 +80,9 @@ def test_evaluation_json_csv_and_plots(trained, capsys):
     stem = trained / "run" / "eval_best_test"
     with open(stem.with_suffix(".csv")) as file:
         table = list(csv.DictReader(file))
-    assert [(r["path"], r["label"], r["predicted"]) for r in table] == \
-        [(t["path"], t["label"], t["predicted"]) for t in report["tracks"]]
+    assert [(r["path"], r["label"], r["predicted"]) for r in table] == [
+        (t["path"], t["label"], t["predicted"]) for t in report["tracks"]
+    ]
     assert float(table[0][f"p_{labels[0]}"]) == report["tracks"][0]["probabilities"][labels[0]]
     for name in ("_confusion.png", "_classes.png"):
         assert_sensible_png(stem.with_name(stem.name + name))
@@ -91,8 +94,10 @@ def test_evaluation_json_csv_and_plots(trained, capsys):
 
 def test_side_by_side_comparison_chart(trained, capsys):
     best = str(trained / "run" / "best.pt")
-    assert run_evaluate(["--checkpoint", best, "--checkpoint", str(trained / "run" / "last.pt"), "--no-plots",
-                         "--quiet"]) == 0
+    assert (
+        run_evaluate(["--checkpoint", best, "--checkpoint", str(trained / "run" / "last.pt"), "--no-plots", "--quiet"])
+        == 0
+    )
     assert not (trained / "run" / "compare_test.png").exists()
     assert run_evaluate(["--checkpoint", best, "--checkpoint", best, "--quiet"]) == 0
     comparison = json.loads((trained / "run" / "compare_test.json").read_text())
@@ -102,20 +107,27 @@ def test_side_by_side_comparison_chart(trained, capsys):
 
 
 def test_cross_validation_chart_and_many_class_confusion(tmp_path):
-    summary = {"model": "svm", "folds": [{"fold": k, "track_accuracy": a} for k, a in ((1, 0.8), (2, 0.9), (3, 0.7))],
-               "mean_track_accuracy": 0.8, "std_track_accuracy": 0.1}
+    summary = {
+        "model": "svm",
+        "folds": [{"fold": k, "track_accuracy": a} for k, a in ((1, 0.8), (2, 0.9), (3, 0.7))],
+        "mean_track_accuracy": 0.8,
+        "std_track_accuracy": 0.1,
+    }
     figure = plots.draw_cross_validation(summary)
     assert [b.get_height() for b in figure.axes[0].patches[:3]] == [0.8, 0.9, 0.7]
     assert_sensible_png(plots.write_plot(figure, tmp_path / "cv.png"))
     labels = [f"class number {i}" for i in range(40)]  # 40 classes: readable without numbers in cells
     matrix = np.eye(40, dtype=int).tolist()
-    assert_sensible_png(plots.write_plot(plots.draw_confusion({"labels": labels, "confusion_matrix": matrix}),
-                                         tmp_path / "many.png"))
+    assert_sensible_png(
+        plots.write_plot(plots.draw_confusion({"labels": labels, "confusion_matrix": matrix}), tmp_path / "many.png")
+    )
 
 
 def test_timeline_draws_the_sections_it_is_given():
-    sections = [{"start": 0.0, "end": 2.0, "label": "jazz", "probability": 0.8},
-                {"start": 2.0, "end": 5.5, "label": "metal", "probability": 0.6}]
+    sections = [
+        {"start": 0.0, "end": 2.0, "label": "jazz", "probability": 0.8},
+        {"start": 2.0, "end": 5.5, "label": "metal", "probability": 0.6},
+    ]
     figure = plots.draw_timeline([{"file": "mix.wav", "sections": sections}])
     bars = figure.axes[0].collections[0].get_paths()
     assert [(b.get_extents().x0, b.get_extents().x1) for b in bars] == [(0.0, 2.0), (2.0, 5.5)]
@@ -123,8 +135,20 @@ def test_timeline_draws_the_sections_it_is_given():
 
 def test_predict_plot_draws_a_timeline(trained, tmp_path, capsys):
     song = trained / "data" / "tone" / "tone_00.wav"
-    assert run_predict(["--checkpoint", str(trained / "run" / "best.pt"), str(song), "--segments",
-                        "--plot", str(tmp_path / "timeline.png"), "--quiet"]) == 0
+    assert (
+        run_predict(
+            [
+                "--checkpoint",
+                str(trained / "run" / "best.pt"),
+                str(song),
+                "--segments",
+                "--plot",
+                str(tmp_path / "timeline.png"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert_sensible_png(tmp_path / "timeline.png")
 
 
@@ -137,8 +161,9 @@ def test_piped_training_output_is_small_and_has_no_bar_refreshes(tmp_path):
     text = (tmp_path / "out.txt").read_text()
     assert "\r" not in text and len(text.encode()) < 5000, text
     assert "features (" in text and "epoch   6" in text
-    quiet = subprocess.run(command + ["--overwrite", "--quiet", "--no-plots"], capture_output=True, text=True,
-                           check=True, timeout=300)
+    quiet = subprocess.run(
+        command + ["--overwrite", "--quiet", "--no-plots"], capture_output=True, text=True, check=True, timeout=300
+    )
     assert quiet.stdout + quiet.stderr == ""
     assert not (tmp_path / "run" / "learning_curves.png").exists()
 

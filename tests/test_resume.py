@@ -26,8 +26,15 @@ from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_confi
 from genrenet import cli
 
 EPOCHS = 4
-AUGMENT = {"gain_db": 6.0, "freq_masks": 2, "freq_mask_width": 6, "time_masks": 2, "time_mask_width": 6,
-           "crop_seconds": 0.4, "mixup_alpha": 0.4}
+AUGMENT = {
+    "gain_db": 6.0,
+    "freq_masks": 2,
+    "freq_mask_width": 6,
+    "time_masks": 2,
+    "time_mask_width": 6,
+    "crop_seconds": 0.4,
+    "mixup_alpha": 0.4,
+}
 # One thread per process: the runs compare exactly with each other, two of them share the 2 cores,
 # and a busy machine does not slow them down with oversubscribed thread pools.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -35,14 +42,21 @@ PLANTED = ".last.pt.k1ll3d.tmp"
 
 
 def config_for(work: Path, run: str) -> Path:
-    raw = tiny_config_dict(work, work / "data", augment=AUGMENT, model={"dropout": 0.2},
-                           train={"epochs": EPOCHS, "batch_size": 4, "lr": 0.005}, run={"dir": str(work / run)})
+    raw = tiny_config_dict(
+        work,
+        work / "data",
+        augment=AUGMENT,
+        model={"dropout": 0.2},
+        train={"epochs": EPOCHS, "batch_size": 4, "lr": 0.005},
+        run={"dir": str(work / run)},
+    )
     return write_config(work / f"{run}.yaml", raw)
 
 
 @dataclass
 class Proc:
     """A train.py process whose output goes to files (a full pipe would stall it)."""
+
     name: str
     popen: subprocess.Popen
     out: Path
@@ -51,8 +65,13 @@ class Proc:
     def start(cls, work: Path, name: str, *args) -> "Proc":
         out = work / f"{name}.log"
         with open(out.with_suffix(".out"), "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
-            popen = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *map(str, args)], cwd=REPO_ROOT,
-                                     stdout=stdout, stderr=stderr, env=ENV)
+            popen = subprocess.Popen(
+                [sys.executable, str(REPO_ROOT / "train.py"), *map(str, args)],
+                cwd=REPO_ROOT,
+                stdout=stdout,
+                stderr=stderr,
+                env=ENV,
+            )
         return cls(name, popen, out)
 
     def wait(self, timeout=300) -> "Proc":
@@ -122,8 +141,10 @@ def runs(tmp_path_factory) -> Runs:
     assert a.returncode == 0, a.stderr[-3000:]
 
     # B and C side by side; each gets its signal as soon as its first epoch is complete
-    pending = {"B": (Proc.start(work, "B", "--config", config_for(work, "B")), signal.SIGKILL),
-               "C": (Proc.start(work, "C", "--config", config_for(work, "C")), signal.SIGINT)}
+    pending = {
+        "B": (Proc.start(work, "B", "--config", config_for(work, "B")), signal.SIGKILL),
+        "C": (Proc.start(work, "C", "--config", config_for(work, "C")), signal.SIGINT),
+    }
     stopped, signalled_in, deadline = {}, {}, time.monotonic() + 300
     while pending:
         for name, (proc, signum) in list(pending.items()):
@@ -143,15 +164,19 @@ def runs(tmp_path_factory) -> Runs:
 
     # what SIGKILL inside atomic_save leaves behind: a partly written temp file beside last.pt
     partial = (work / "C" / "last.pt").read_bytes()
-    (work / "C" / PLANTED).write_bytes(partial[:len(partial) // 2])
+    (work / "C" / PLANTED).write_bytes(partial[: len(partial) // 2])
 
-    later = [Proc.start(work, "B-resumed", "--resume", work / "B"),
-             Proc.start(work, "C-resumed", "--resume", work / "C"),
-             Proc.start(work, "D", "--config", config_for(work, "D"))]
+    later = [
+        Proc.start(work, "B-resumed", "--resume", work / "B"),
+        Proc.start(work, "C-resumed", "--resume", work / "C"),
+        Proc.start(work, "D", "--config", config_for(work, "D")),
+    ]
     b, c, d = (proc.wait() for proc in later)
     runs = Runs(work, a, b_killed, c_interrupted, c_state, b_state, signalled_in, c_logged, killed_at, b, c, d)
-    print(f"\nsignals landed in epochs {signalled_in}; C stopped after batch {c_state['batches_done']} "
-          f"of epoch {c_state['epoch']}")
+    print(
+        f"\nsignals landed in epochs {signalled_in}; C stopped after batch {c_state['batches_done']} "
+        f"of epoch {c_state['epoch']}"
+    )
     return runs
 
 
@@ -183,6 +208,7 @@ def test_sigkill_then_resume_matches_uninterrupted(runs):
     for name, tensor in a_state["model_state"].items():
         assert torch.allclose(tensor.float(), b_state["model_state"][name].float(), atol=1e-6), name
     from genrenet.evaluation import evaluate
+
     report_a, report_b = evaluate(run_a / "best.pt", "test"), evaluate(run_b / "best.pt", "test")
     assert report_a["track"]["n"] >= 3
     for level in ("track", "clip"):
@@ -254,8 +280,9 @@ def test_resume_without_last_pt_is_one_line_error(tmp_path, capsys):
     assert cli.train_main(["--resume", str(folder)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines() == [f"error: {folder} holds no last.pt: the run stopped before its first "
-                                         "checkpoint; start it again with --config"]
+    assert captured.err.splitlines() == [
+        f"error: {folder} holds no last.pt: the run stopped before its first checkpoint; start it again with --config"
+    ]
     assert list(folder.iterdir()) == []
 
 

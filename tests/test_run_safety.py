@@ -23,8 +23,13 @@ from genrenet.training import resume, train
 
 
 def start(script: str, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, seconds: float = 120.0) -> None:
@@ -47,8 +52,13 @@ def test_a_second_run_on_the_same_folder_is_refused(slow_config, tmp_path):
     first = start("train.py", "--config", config_file)
     try:
         wait_for(lambda: (tmp_path / "run" / "last.pt").exists())
-        second = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config_file),
-                                 "--overwrite"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config_file), "--overwrite"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         first.kill()
         first.wait()
@@ -158,9 +168,13 @@ def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path):
     train(from_dict(tiny_config_dict(tmp_path, data, train={"epochs": 1})))
     odd = tmp_path / "two\nlines.wav"
     odd.write_bytes(next((data / "tone").iterdir()).read_bytes())
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), "--checkpoint",
-                             str(tmp_path / "run" / "best.pt"), str(odd)], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "predict.py"), "--checkpoint", str(tmp_path / "run" / "best.pt"), str(odd)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     first = result.stdout.splitlines()[0]
     assert first.endswith("two\\nlines.wav")

@@ -83,7 +83,8 @@ def test_dead_owner_is_taken_over(tmp_path, capsys):
     with RunLock(tmp_path):
         assert_ours(tmp_path)
     assert capsys.readouterr().err.splitlines() == [
-        f"taking over {tmp_path}: its previous run (pid {dead} on {socket.gethostname()}) is gone"]
+        f"taking over {tmp_path}: its previous run (pid {dead} on {socket.gethostname()}) is gone"
+    ]
     assert not (tmp_path / ".lock").exists()
 
 

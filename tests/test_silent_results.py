@@ -10,15 +10,21 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config, write_garbage
+from genrenet.config import from_dict
 from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
 from genrenet.training import resume, train
-from genrenet.config import from_dict
 
 
 def run(script: str, *args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def last_error_line(result: subprocess.CompletedProcess) -> str:
@@ -115,8 +121,10 @@ def test_a_checkpoint_with_nan_weights_is_refused(trained_run, tmp_path):
     state["model_state"][name] = torch.full_like(state["model_state"][name], float("nan"))
     broken = tmp_path / "nan.pt"
     torch.save(state, broken)
-    for script, args in (("evaluate.py", ["--checkpoint", broken]),
-                         ("predict.py", ["--checkpoint", broken, next(data.rglob("*.wav"))])):
+    for script, args in (
+        ("evaluate.py", ["--checkpoint", broken]),
+        ("predict.py", ["--checkpoint", broken, next(data.rglob("*.wav"))]),
+    ):
         result = run(script, *args)
         assert result.returncode == 2
         assert "NaN or infinite" in last_error_line(result)
@@ -146,10 +154,22 @@ def test_evaluate_prints_the_report_when_the_json_cannot_be_written(trained_run)
 
 def test_predict_with_stdout_closed_fails(trained_run):
     root, data, _ = trained_run
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), "--checkpoint",
-                             str(root / "run" / "best.pt"), str(next(data.rglob("*.wav")))],
-                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            timeout=300, pass_fds=(), close_fds=True,
-                            preexec_fn=lambda: __import__("os").close(1))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "predict.py"),
+            "--checkpoint",
+            str(root / "run" / "best.pt"),
+            str(next(data.rglob("*.wav"))),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        pass_fds=(),
+        close_fds=True,
+        preexec_fn=lambda: __import__("os").close(1),
+    )
     assert result.returncode != 0
     assert "standard output is closed" in result.stderr

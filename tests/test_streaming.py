@@ -2,8 +2,6 @@
 that decoding, normalizing and cutting the whole file gave (the reference below is the old
 load_clips, kept verbatim), in bounded memory."""
 
-import io
-import json
 import sys
 import tracemalloc
 
@@ -49,16 +47,29 @@ def streamed(path, config, max_clips=None) -> torch.Tensor:
 
 # --- equal to the whole-file stage -----------------------------------------------------------------
 
-FORMATS = [("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"),
-           ("mp3", "MP3", "MPEG_LAYER_III")]
+FORMATS = [
+    ("wav", "WAV", "PCM_16"),
+    ("flac", "FLAC", "PCM_16"),
+    ("ogg", "OGG", "VORBIS"),
+    ("mp3", "MP3", "MPEG_LAYER_III"),
+]
 
 
 @pytest.mark.parametrize("channels", [1, 2])
 @pytest.mark.parametrize("rate", [8000, 22050, 44100])
 @pytest.mark.parametrize("ext,fmt,subtype", FORMATS, ids=[f[0] for f in FORMATS])
 def test_streamed_clips_equal_the_whole_file_stage(tmp_path, small_blocks, ext, fmt, subtype, rate, channels):
-    path = write_tone(tmp_path / f"tone.{ext}", freq=440, seconds=2.7, sr=rate, amp=0.3, channels=channels,
-                      noise=0.05, format=fmt, subtype=subtype)
+    path = write_tone(
+        tmp_path / f"tone.{ext}",
+        freq=440,
+        seconds=2.7,
+        sr=rate,
+        amp=0.3,
+        channels=channels,
+        noise=0.05,
+        format=fmt,
+        subtype=subtype,
+    )
     config = AudioConfig(sample_rate=16000, clip_seconds=1.0, hop_seconds=0.5)
     expected = whole_file_clips(path, config)
     got = streamed(path, config)
@@ -80,6 +91,7 @@ def test_batches_are_consecutive_clips(tmp_path, normalize, max_clips):
 
 # --- clip boundaries ---------------------------------------------------------------------------------
 
+
 def _ramp(n):
     return np.linspace(-0.9, 0.9, n)
 
@@ -88,8 +100,17 @@ def _ramp(n):
 def test_files_just_shorter_and_longer_than_a_clip(tmp_path, small_blocks, rate, clip, hop):
     length = round(clip * rate)
     config = AudioConfig(sample_rate=rate, clip_seconds=clip, hop_seconds=hop, normalize="off")
-    for frames in [1, length - 30, length - 1, length, length + 1, length + 30,
-                   round((clip + hop) * rate) - 1, round((clip + hop) * rate), round((clip + hop) * rate) + 1]:
+    for frames in [
+        1,
+        length - 30,
+        length - 1,
+        length,
+        length + 1,
+        length + 30,
+        round((clip + hop) * rate) - 1,
+        round((clip + hop) * rate),
+        round((clip + hop) * rate) + 1,
+    ]:
         path = write_audio(tmp_path / f"ramp_{frames}.wav", _ramp(frames), sr=rate)
         expected = whole_file_clips(path, config)
         got = streamed(path, config)
@@ -101,12 +122,13 @@ def test_a_short_file_is_padded_to_one_clip_and_a_short_tail_dropped(tmp_path):
     config = AudioConfig(sample_rate=SR, clip_seconds=1.0, hop_seconds=1.0, normalize="off")
     short = write_audio(tmp_path / "short.wav", _ramp(SR // 3))
     clips = streamed(short, config)
-    assert clips.shape == (1, SR) and (clips[0, SR // 3:] == 0).all()
+    assert clips.shape == (1, SR) and (clips[0, SR // 3 :] == 0).all()
     tail = write_audio(tmp_path / "tail.wav", _ramp(2 * SR + SR // 2))
     assert streamed(tail, config).shape == (2, SR)
 
 
 # --- the peak pass --------------------------------------------------------------------------------------
+
 
 def test_streaming_peak_equals_the_whole_file_peak(tmp_path):
     x = tone(440, 5.0, amp=0.1)
@@ -125,6 +147,7 @@ def test_silent_file_is_left_silent(tmp_path):
 
 
 # --- bounded memory ---------------------------------------------------------------------------------------
+
 
 def _write_long(path, minutes):
     with soundfile.SoundFile(path, "w", samplerate=SR, channels=2, subtype="PCM_16") as out:
@@ -168,6 +191,7 @@ def test_a_long_file_is_decoded_in_bounded_memory(tmp_path, monkeypatch):
 
 # --- features batch by batch ------------------------------------------------------------------------------
 
+
 def test_compute_features_batch_by_batch_equals_all_at_once(tmp_path, monkeypatch):
     path = write_tone(tmp_path / "data" / "a" / "t.wav", seconds=6.0, noise=0.1)
     config = tiny_config(tmp_path, tmp_path / "data")
@@ -188,7 +212,8 @@ args = sys.argv[1:]
 source = next(a for a in args if a.startswith("file:")).removeprefix("file:")
 data = open(source, "rb").read()
 if not data.startswith(b"FAKE"):
-    sys.stderr.write("ffmpeg version 0\\n  configuration: --fake\\n" + source + ": Invalid data found when processing input\\n")
+    sys.stderr.write("ffmpeg version 0\\n  configuration: --fake\\n"
+                     + source + ": Invalid data found when processing input\\n")
     sys.exit(1)
 x, rate = soundfile.read(io.BytesIO(data[4:]), dtype="float32", always_2d=True)
 if sys.argv[0].endswith("ffprobe"):
@@ -231,6 +256,7 @@ def test_ffmpeg_failure_is_one_line_naming_the_file(tmp_path, fake_ffmpeg):
 
 
 # --- errors -----------------------------------------------------------------------------------------------
+
 
 def test_errors_while_streaming_are_one_line_naming_the_file(tmp_path, monkeypatch):
     garbage = write_garbage(tmp_path / "broken.wav")
