@@ -234,6 +234,12 @@ def predict_args(argv=None, prog=None):
     )
     add_quiet(parser, "print only the predictions, warnings and errors")
     args = parser.parse_args(argv)
+    check_predict_args(parser, args)
+    return args
+
+
+def check_predict_args(parser: argparse.ArgumentParser, args) -> None:
+    """Option combinations that cannot work, refused before the model loads."""
     if not args.files and not args.files_from:
         parser.error("give audio files or folders, or --files-from LIST")
     if args.resume and not args.output:
@@ -247,7 +253,6 @@ def predict_args(argv=None, prog=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers < 0 or args.min_section < 0:
         parser.error("--workers and --min-section cannot be negative")
-    return args
 
 
 def run_predict(argv=None, prog=None):
