@@ -9,11 +9,10 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from conftest import CLASSES, make_class_folder, tiny_config_dict, write_config
-from genrenet import cli, registry
+from genrenet import Classifier, cli, registry
 from genrenet.config import STRICT, from_dict
 from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
-from genrenet.prediction import predict_file, prepare_predictor
 from genrenet.registry import FeatureKind, ModelEntry
 
 
@@ -78,10 +77,10 @@ def test_a_model_registered_outside_the_package_trains_evaluates_and_predicts(tm
     assert report["model"] == "tiny_mlp" and report["track"]["n"] > 0
     assert report["track"]["accuracy"] >= 0.8, report["track"]
 
-    predictor = prepare_predictor(run / "best.pt", torch.device("cpu"))
+    classifier = Classifier.load(run / "best.pt", device="cpu")
     unseen = make_class_folder(tmp_path / "unseen", per_class=1, seed=5)
     for label in CLASSES:
-        result = predict_file(next((unseen / label).iterdir()), predictor)
+        result = classifier.predict(next((unseen / label).iterdir()))
         assert result["top"][0]["label"] == label, result
 
 
