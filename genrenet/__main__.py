@@ -1,11 +1,15 @@
 """python -m genrenet: the same as the `genrenet` command."""
 
+import os
+import signal
 import sys
 
-try:
-    from genrenet.cli import main
-except KeyboardInterrupt:  # Ctrl-C while PyTorch and friends load: no traceback
-    sys.exit(130)
+# Ctrl-C while PyTorch and friends load: leave at once, quietly (an interrupted import can only
+# print a traceback); nothing has been written yet.
+signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+from genrenet.cli import main  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":
     sys.exit(main())
