@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -43,6 +43,9 @@ with warnings.catch_warnings():
 SAMPLE_WIDTH = 2  # 16-bit PCM inside pydub: 96 dB of range is plenty for log-mel features
 BLOCK_FRAMES = 1 << 16  # frames decoded at a time (1.5 s at 44.1 kHz)
 BATCH_SAMPLES = 1 << 22  # samples (at the file's rate) in one batch of clips by default: 16 MB as float32
+# A file of at most this many frames (3.2 min at 44.1 kHz, 17 MB as 16-bit PCM) is decoded once:
+# the peak pass keeps its blocks for cutting clips. A longer one is read twice, in bounded memory.
+HOLD_FRAMES = 1 << 23
 
 # Extensions libsndfile reads; anything else needs ffmpeg.
 SOUNDFILE_EXTENSIONS = {
@@ -153,7 +156,23 @@ class PcmStream:
 
     def peak(self) -> int:
         """The largest |sample| of the whole file as 16-bit PCM: a streaming pass over it."""
-        return max((int(np.abs(block.astype(np.int32)).max()) for block in self.blocks() if len(block)), default=0)
+        return self.peak_and_replay(hold_frames=0)[0]
+
+    def peak_and_replay(self, hold_frames: int | None = None) -> tuple[int, Callable[[], Iterator[np.ndarray]]]:
+        """The file's peak, and a way to read its blocks again: the blocks of the peak pass when
+        the file has at most hold_frames (HOLD_FRAMES) frames, so most songs are decoded once, not
+        twice; else a new read."""
+        hold_frames = HOLD_FRAMES if hold_frames is None else hold_frames
+        held, count, peak = [], 0, 0
+        for block in self.blocks():
+            if len(block):
+                peak = max(peak, int(np.abs(block.astype(np.int32)).max()))
+            count += len(block)
+            if count <= hold_frames:
+                held.append(block)
+            else:  # a long file is read again instead: memory stays bounded
+                held = []
+        return peak, (lambda: iter(held)) if count <= hold_frames else self.blocks
 
 
 SOUNDFILE_ERRORS = (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError)
@@ -259,8 +278,11 @@ def _clip_batches(path, config: AudioConfig, max_clips: int | None) -> Iterator[
     else:
         stream = open_stream(path)
         rate = _plausible_rate(path, stream.rate)
-        gain = peak_gain_db(stream.peak(), config.peak_dbfs) if config.normalize == "peak" else None
-        clips = _cut_stream(path, stream.blocks(), rate, config.clip_seconds, config.hop_seconds, gain)
+        gain, blocks = None, stream.blocks
+        if config.normalize == "peak":
+            peak, blocks = stream.peak_and_replay()
+            gain = peak_gain_db(peak, config.peak_dbfs)
+        clips = _cut_stream(path, blocks(), rate, config.clip_seconds, config.hop_seconds, gain)
     length = round(config.clip_seconds * rate)
     max_clips = max_clips or max(1, BATCH_SAMPLES // max(1, length))
     target = round(config.clip_seconds * config.sample_rate)

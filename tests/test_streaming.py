@@ -170,6 +170,8 @@ def _traced_peak(path, config) -> tuple[int, int]:
 
 
 def test_a_long_file_is_decoded_in_bounded_memory(tmp_path, monkeypatch):
+    # Files up to HOLD_FRAMES are kept from the peak pass (one decode); past it memory stays flat.
+    monkeypatch.setattr(audio, "HOLD_FRAMES", 1 << 16)
     largest = []
     real = soundfile.SoundFile.read
 
@@ -286,3 +288,23 @@ def test_strip_silence_still_takes_the_whole_file_path(tmp_path):
     config = AudioConfig(sample_rate=SR, clip_seconds=0.5, hop_seconds=0.5, strip_silence=True)
     torch.testing.assert_close(streamed(path, config, max_clips=3), whole_file_clips(path, config))
     assert len(streamed(path, config)) == 4
+
+
+def test_a_song_is_decoded_once_and_a_long_file_twice(tmp_path, monkeypatch):
+    song = _write_long(tmp_path / "song.wav", 1)
+    opened = []
+    real = soundfile.SoundFile.__init__
+
+    def counting(self, file, *args, **kwargs):
+        opened.append(str(file))
+        real(self, file, *args, **kwargs)
+
+    monkeypatch.setattr(soundfile.SoundFile, "__init__", counting)
+    config = AudioConfig(sample_rate=16000, clip_seconds=3.0, hop_seconds=1.5)
+    held = torch.cat(list(iter_clip_batches(song, config)))
+    reads_of_song = len(opened)  # one look at the header, one pass for the peak that keeps the blocks
+    monkeypatch.setattr(audio, "HOLD_FRAMES", 1 << 16)
+    opened.clear()
+    reread = torch.cat(list(iter_clip_batches(song, config)))
+    assert (reads_of_song, len(opened)) == (2, 3)
+    assert torch.equal(held, reread)
