@@ -11,9 +11,10 @@ model with 16 mel bands keeps 3 hours of CNN work to a few minutes on 2 cores), 
 peaks and their ratio; exits 1 when the ratio is above --limit. Everything generated is deleted
 unless --keep. Run it from the repository root.
 
-Measured on 2 shared CPU cores: 3 min 1045 MiB, 3 h 1105 MiB, ratio 1.06 (most of either is
-importing torch: about 680 MiB); predict.py took 11 s and 98 s, the whole bench 4.6 minutes
-(2.5 of them writing the 1.9 GB file). Before decoding in blocks, 10 minutes of audio took 1.46 GB.
+Measured on 2 CPU cores (nothing else running): 3 min 836 MiB, 3 h 836 MiB, ratio 1.00 (most of
+either is importing torch: about 680 MiB); predict.py took 8 s and 49 s, the whole bench 1.8
+minutes (51 s of it writing the 1.9 GB file). Before decoding in blocks, 10 minutes of audio took
+1.46 GB.
 """
 
 import argparse
