@@ -22,7 +22,7 @@ from genrenet.cache import compute_features, feature_extractor
 from genrenet.config import crop_frames
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
-from genrenet.scores import clip_log_probs, track_log_probs
+from genrenet.scores import clip_log_probs, per_file, track_log_probs
 from genrenet.trained import load_model
 
 CLIPS_PER_FORWARD = 256  # clips scored in one forward pass; several files' worth for ordinary tracks
@@ -122,19 +122,15 @@ class Classifier:
             self.trained.model, features, self.device, batch_size=CLIPS_PER_FORWARD, window=crop_frames(self.config)
         )
 
-    @torch.no_grad()
     def clip_embeddings(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per file, [clips, dim] embeddings on the CPU (whole clips: the CNNs pool over time)."""
-        flat = torch.cat(features) if features else torch.empty(0)
-        outputs = []
-        for start in range(0, len(flat), CLIPS_PER_FORWARD):
-            batch = flat[start : start + CLIPS_PER_FORWARD].float().unsqueeze(1).to(self.device)
-            output = self.trained.model(batch)
-            if "embedding" not in output:
-                raise UserError(f"model '{self.config.model.name}' has no embedding (only the CNNs have one)")
-            outputs.append(output["embedding"].float().cpu())
-        vectors = torch.cat(outputs) if outputs else torch.empty(0)
-        return list(torch.split(vectors, [len(f) for f in features]))
+        return per_file(features, CLIPS_PER_FORWARD, self._embedding)
+
+    def _embedding(self, batch: torch.Tensor) -> torch.Tensor:
+        output = self.trained.model(batch.to(self.device))
+        if "embedding" not in output:
+            raise UserError(f"model '{self.config.model.name}' has no embedding (only the CNNs have one)")
+        return output["embedding"].float().cpu()
 
     def _batches(self, paths: list[Path], workers: int, files_per_batch: int) -> Iterator[list[dict]]:
         loader = torch.utils.data.DataLoader(

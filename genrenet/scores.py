@@ -30,19 +30,26 @@ def clip_log_probs(
     window: score each clip as the renormalized mean log-probability of its windows of this many
     frames (see window_starts); None scores whole clips."""
     model.eval()
+    return per_file(features, batch_size, lambda batch: _clip_log_probs(model, batch, device, window))
+
+
+def _clip_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window: int | None) -> torch.Tensor:
+    if window is None or batch.shape[-1] <= window:
+        return torch.log_softmax(model(batch.to(device))["logits"].float(), dim=1).cpu()
+    starts = window_starts(batch.shape[-1], window)
+    windows = torch.cat([batch[..., s : s + window] for s in starts])  # [windows * clips, 1, mels, window]
+    log_probs = torch.log_softmax(model(windows.to(device))["logits"].float(), dim=1).cpu()
+    return torch.log_softmax(log_probs.view(len(starts), len(batch), -1).mean(dim=0), dim=1)
+
+
+@torch.no_grad()
+def per_file(features: list[torch.Tensor], batch_size: int, run) -> list[torch.Tensor]:
+    """run(batch [n, 1, ...] of clips) -> [n, ...] over every file's clips, several files sharing a
+    batch, then split back into one tensor per file."""
     flat = torch.cat(features) if features else torch.empty(0)
-    outputs = []
-    for start in range(0, len(flat), batch_size):
-        batch = flat[start : start + batch_size].float().unsqueeze(1)
-        if window is None or batch.shape[-1] <= window:
-            outputs.append(torch.log_softmax(model(batch.to(device))["logits"].float(), dim=1).cpu())
-            continue
-        starts = window_starts(batch.shape[-1], window)
-        windows = torch.cat([batch[..., s : s + window] for s in starts])  # [windows * clips, 1, mels, window]
-        log_probs = torch.log_softmax(model(windows.to(device))["logits"].float(), dim=1).cpu()
-        outputs.append(torch.log_softmax(log_probs.view(len(starts), len(batch), -1).mean(dim=0), dim=1))
-    log_probs = torch.cat(outputs) if outputs else torch.empty(0)
-    return list(torch.split(log_probs, [len(f) for f in features]))
+    outputs = [run(flat[start : start + batch_size].float().unsqueeze(1)) for start in range(0, len(flat), batch_size)]
+    joined = torch.cat(outputs) if outputs else torch.empty(0)
+    return list(torch.split(joined, [len(f) for f in features]))
 
 
 def track_log_probs(clip_scores: list[torch.Tensor]) -> torch.Tensor:
