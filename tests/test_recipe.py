@@ -244,3 +244,19 @@ def test_ablation_bench_switches_one_piece_off_per_variant(fold_data, tmp_path):
     full = report["variants"][0]["accuracy"]
     line = next(line for line in result.stdout.splitlines() if line.startswith("no_mixup"))
     assert f"{100 * (report['variants'][1]['accuracy'] - full):+.1f}" in line
+
+
+def test_a_fold_trained_before_new_config_keys_existed_is_kept(fold_data, tmp_path):
+    """A fold whose stored config lacks keys added since (run.log, run.plots) has the same config
+    once validated: cross-validation keeps it instead of asking for --overwrite."""
+    from genrenet.crossval import cross_validate
+
+    raw = tiny_config_dict(tmp_path, fold_data / "index.csv", train={"epochs": 1})
+    cross_validate(from_dict(raw), folds=[1, 2])
+    last = tmp_path / "run" / "fold-1" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    for key in ("log", "plots"):
+        state["config"]["run"].pop(key)
+    torch.save(state, last)
+    summary = cross_validate(from_dict(raw), folds=[1, 2])
+    assert [row["fold"] for row in summary["folds"]] == [1, 2]
