@@ -1,75 +1,18 @@
-"""Feature cache: decode and compute features once per file and preprocessing setting.
-
-Features live under <cache_dir>/<preprocessing key>/, where the key hashes every audio and
-feature setting, so changing any of them starts a fresh folder instead of reusing stale
-features. Within it, a file's entry is keyed by its resolved path, size and modification time,
-so an edited audio file is recomputed too.
+"""Features of audio files: computed batch by batch from the audio stage, and kept in the feature
+store (genrenet.store) so that each file is decoded once per preprocessing setting.
 """
 
-import hashlib
-import json
-import sys
 from pathlib import Path
 
 import torch
 
+from genrenet import distributed
 from genrenet.audio import iter_clip_batches
-from genrenet.config import Config, preprocessing_key, to_dict
+from genrenet.config import Config
 from genrenet.errors import UserError
-from genrenet.fileio import atomic_save
 from genrenet.progress import progress
 from genrenet.registry import features_of
-
-
-class FeatureCache:
-    def __init__(self, config: Config):
-        self.config = config
-        self.dir = Path(config.data.cache_dir) / preprocessing_key(config)
-        self.kind = features_of(config)
-        self.width = self.kind.width(config)
-        self.writable = True
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            settings = self.dir / "settings.json"
-            if not settings.exists():  # for people browsing the cache folder
-                full = to_dict(config)
-                settings.write_text(
-                    json.dumps({"audio": full["audio"], "features": full["features"], "kind": self.kind.name}, indent=2)
-                )
-        except OSError as error:  # found before decoding: a read-only warm cache still serves what it holds
-            self.writable = False
-            print(
-                f"warning: the feature cache {self.dir} cannot be written ({error.strerror or error}); "
-                "features it lacks are computed but not kept",
-                file=sys.stderr,
-            )
-
-    def entry(self, audio_path: Path) -> Path:
-        stat = Path(audio_path).stat()
-        identity = f"{Path(audio_path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        key = hashlib.sha256(identity.encode()).hexdigest()[:32]
-        return self.dir / key[:2] / f"{key}.pt"
-
-    def load(self, audio_path: Path):
-        """Cached features, or None when absent or unreadable (a damaged entry is recomputed)."""
-        try:
-            stored = torch.load(self.entry(audio_path), map_location="cpu", weights_only=True)
-            features = stored["features"]
-            dims = 3 if self.kind.framed else 2
-            if isinstance(features, torch.Tensor) and features.dim() == dims and features.shape[1] == self.width:
-                return features
-        except Exception:
-            pass
-        return None
-
-    def store(self, audio_path: Path, features: torch.Tensor) -> None:
-        if not self.writable:
-            return
-        try:
-            atomic_save({"features": features}, self.entry(audio_path))
-        except OSError as error:  # a full disk: go on without caching rather than lose the run
-            self.writable = False
-            print(f"warning: stopped writing the feature cache {self.dir} ({error.strerror or error})", file=sys.stderr)
+from genrenet.store import FeatureStore, ShardWriter, TrackFeatures
 
 
 def feature_extractor(config: Config):
@@ -91,32 +34,56 @@ def compute_features(path: Path, config: Config, extractor=None) -> torch.Tensor
 
 
 def cached_features(paths: list[Path], config: Config, desc: str = "features"):
-    """Features for each path, computing (with a progress bar) only what the cache lacks.
+    """Features for each path, computing (with a progress bar) only what the store lacks.
 
-    Returns (features, failures): features[i] is None for a file that could not be read, and
-    failures maps such paths to the reason, so one bad file never stops the whole dataset.
+    Returns (features, failures): failures maps each file that could not be read to the reason,
+    so one bad file never stops the whole dataset, and features (a TrackFeatures) holds the others'
+    features in the order of `paths`. Under torchrun the ranks share the missing files out, each
+    filling its own shards, and all of them then read the whole store.
     """
-    cache = FeatureCache(config)
-    results = [cache.load(p) for p in paths]
-    missing = [i for i, r in enumerate(results) if r is None]
-    failures = {}
-    if missing:
-        loader = torch.utils.data.DataLoader(
-            _Extraction([paths[i] for i in missing], config),
-            batch_size=None,
-            num_workers=config.data.num_workers,
-            worker_init_fn=_one_thread,
+    store = FeatureStore(config)
+    missing = [p for p in paths if store.get(p) is None]
+    writer = ShardWriter(store)
+    failures = _fill(writer, distributed.share(missing), config, desc, shown_total=len(missing))
+    writer.flush()
+    if distributed.active():
+        failures = {path: reason for part in distributed.gather_objects(failures) for path, reason in part.items()}
+        distributed.barrier()  # every rank's shards are written
+        store.refresh()
+    items = [store.get(p) or writer.unstored.get(_key_or_none(store, p)) for p in paths if p not in failures]
+    lost = sum(item is None for item in items)
+    if lost:
+        raise UserError(
+            f"features of {lost} files are not in {store.dir} after being computed: a file changed while "
+            "it was read, or, under torchrun on several nodes, data.cache_dir is not a folder all nodes share"
         )
-        # The progress report is zip's first iterable, so it sees its own end (and reports it).
-        for (features, problem), i in zip(
-            progress(loader, total=len(missing), desc=f"{desc} ({len(missing)} new)", unit="file"), missing
-        ):
-            if problem:
-                failures[paths[i]] = problem
-            else:
-                cache.store(paths[i], features)
-                results[i] = features
-    return results, failures
+    return TrackFeatures(items), failures
+
+
+def _key_or_none(store: FeatureStore, path: Path) -> str | None:
+    try:
+        return store.key(path)
+    except OSError:
+        return None
+
+
+def _fill(writer: ShardWriter, paths: list[Path], config: Config, desc: str, shown_total: int) -> dict:
+    """Compute and store the features of `paths` (DataLoader workers decode them in parallel)."""
+    failures = {}
+    if not paths:
+        return failures
+    loader = torch.utils.data.DataLoader(
+        _Extraction(paths, config), batch_size=None, num_workers=config.data.num_workers, worker_init_fn=_one_thread
+    )
+    # The progress report is zip's first iterable, so it sees its own end (and reports it).
+    for (features, problem), path in zip(
+        progress(loader, total=len(paths), desc=f"{desc} ({shown_total} new)", unit="file"), paths
+    ):
+        if problem:
+            failures[path] = problem
+        else:
+            writer.add(path, features)
+    return failures
 
 
 class _Extraction(torch.utils.data.Dataset):

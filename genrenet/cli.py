@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from genrenet import __version__, demo_data
+from genrenet import __version__, demo_data, distributed
 from genrenet.classifier import Classifier
 from genrenet.config import builtin_configs, load_config, with_changes
 from genrenet.crossval import cross_validate
@@ -95,6 +95,8 @@ def run_train(argv=None, prog=None):
         again = f"{prog or 'python train.py'} --resume {stopped}"
         print(f"\ninterrupted: saved a resumable checkpoint; continue with: {again}")
         return 130
+    finally:
+        distributed.stop()
     return 0
 
 

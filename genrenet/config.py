@@ -53,7 +53,7 @@ class DataConfig:
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
     cache_dir: str = "cache"
-    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes decoding audio into the cache
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes decoding audio into the store and reading batches
     on_error: Literal["skip", "fail"] = "skip"  # what an unreadable file does to a run
 
     _expand_home = field_validator("path", "cache_dir")(_home)
@@ -149,7 +149,8 @@ class TrainConfig:
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     early_stopping: int = Field(0, ge=0)  # stop after this many epochs without improvement; 0 is off
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = True  # mixed precision, used on CUDA only: bfloat16 where the GPU supports it, else float16
+    compile: bool = False  # torch.compile the model: slower start, faster steps on a GPU
     seed: int = 0
 
 

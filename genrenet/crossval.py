@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+from genrenet import distributed
 from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, from_dict, to_dict, with_changes
 from genrenet.datasets import find_tracks
@@ -44,11 +45,14 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
         fold_dir = Path(fold_config.run.dir)
         started = time.time()
         outcome = _train_fold(fold_config, overwrite)
+        # Under torchrun every rank evaluates (the feature store is filled by all of them); rank 0 writes.
         report = evaluate(fold_dir / "best.pt", "test")
-        write_report(report, default_report_path(fold_dir / "best.pt", "test"), plots=config.run.plots)
+        if distributed.is_main():
+            write_report(report, default_report_path(fold_dir / "best.pt", "test"), plots=config.run.plots)
         if outcome == "trained":
             seconds = round(time.time() - started, 1)
-            (fold_dir / FOLD_TIME).write_text(json.dumps({"seconds": seconds}))
+            if distributed.is_main():
+                (fold_dir / FOLD_TIME).write_text(json.dumps({"seconds": seconds}))
         elif outcome == "kept":  # the time measured when it was trained, if that was recorded
             seconds = _recorded_seconds(fold_dir)
         else:  # resumed: the part before the interruption was not timed
@@ -75,6 +79,8 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
         "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),
         "seconds": _total_seconds(rows),
     }
+    if not distributed.is_main():
+        return summary
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "cv.json").write_text(json.dumps(summary, indent=2))
     chart = write_plot(draw_cross_validation(summary), run_dir / "cv.png") if config.run.plots else None
@@ -118,7 +124,8 @@ def _train_fold(config: Config, overwrite: bool) -> str:
         if state.get("training_state", {}).get("finished", True):
             print(f"fold already trained; keeping {config.run.dir}")
             return "kept"
-    (run_dir / FOLD_TIME).unlink(missing_ok=True)  # the fold trains now: an older recorded time no longer holds
+    if distributed.is_main():
+        (run_dir / FOLD_TIME).unlink(missing_ok=True)  # the fold trains now: an older recorded time no longer holds
     if state is None:
         train(config, overwrite=True)
         return "trained"

@@ -20,6 +20,7 @@ from genrenet.audio import AUDIO_EXTENSIONS
 from genrenet.cache import cached_features
 from genrenet.config import Config, DataConfig
 from genrenet.errors import UserError
+from genrenet.store import TrackFeatures
 
 SPLITS = ("train", "valid", "test")
 MAX_REPORTED = 5  # unreadable files listed by name; the rest are counted
@@ -117,12 +118,12 @@ class SplitData:
     """The tracks of one split that could be read, with their features and label indices."""
 
     tracks: list[Track]
-    features: list[torch.Tensor]
+    features: TrackFeatures  # read from the feature store as they are used
     targets: list[int]
 
     @property
     def clip_count(self) -> int:
-        return sum(len(f) for f in self.features)
+        return self.features.clip_count
 
 
 def load_split(tracks: list[Track], labels: list[str], config: Config, name: str) -> SplitData:
@@ -149,24 +150,26 @@ def load_split(tracks: list[Track], labels: list[str], config: Config, name: str
             file=sys.stderr,
         )
     index = {label: i for i, label in enumerate(labels)}
-    kept = [i for i, f in enumerate(features) if f is not None]
-    return SplitData([tracks[i] for i in kept], [features[i] for i in kept], [index[tracks[i].label] for i in kept])
+    kept = [t for t in tracks if t.path not in failures]
+    return SplitData(kept, features, [index[t.label] for t in kept])
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Every clip of every track as (features [1, mels, frames], label index, track index)."""
+    """Every clip of every track, read a batch at a time: indexed by a list of clip numbers (from a
+    BatchSampler), it returns (features [n, 1, ...] as stored, label indices, track indices), the
+    clips of each shard read in one go rather than collated one by one."""
 
-    def __init__(self, features: list[torch.Tensor], targets: list[int]):
+    def __init__(self, features: TrackFeatures, targets: list[int]):
         self.features = features
-        self.targets = targets
-        self.index = [(track, clip) for track, mel in enumerate(features) for clip in range(len(mel))]
+        self.targets = torch.tensor(targets, dtype=torch.long)
+        self.track_of_clip = torch.from_numpy(features.track_of_clips())
 
     def __len__(self):
-        return len(self.index)
+        return len(self.track_of_clip)
 
-    def __getitem__(self, i):
-        track, clip = self.index[i]
-        return self.features[track][clip].float().unsqueeze(0), self.targets[track], track
+    def __getitem__(self, clips: list[int]):
+        tracks = self.track_of_clip[clips]
+        return self.features.clips(np.asarray(clips)).unsqueeze(1), self.targets[tracks], tracks
 
 
 def _detect_format(path: Path) -> str:

@@ -15,6 +15,11 @@ def atomic_save(obj, path: str | Path) -> None:
 
     Several processes may save the same path at once (runs sharing a feature cache): each writes its
     own temp file, and the last rename wins with a whole file."""
+    atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """write(file) into a temp file beside `path`, synced to disk, then renamed to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's host and pid in the name let a later save tell a killed writer's leftover from
@@ -23,7 +28,7 @@ def atomic_save(obj, path: str | Path) -> None:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes 0600; a saved file gets the usual mode

@@ -12,6 +12,8 @@ import time
 
 from tqdm import tqdm
 
+from genrenet import distributed
+
 LINE_SECONDS = 15.0  # how often a progress line is written when stderr is not a terminal
 
 # A context variable, not a module global: the setting ends with the `with quiet():` block.
@@ -33,8 +35,9 @@ def is_quiet() -> bool:
 
 
 def progress(iterable, desc: str, total: int | None = None, unit: str = "it", initial: int = 0, leave: bool = True):
-    """`iterable`, reporting progress on stderr: a bar on a terminal, a line now and then elsewhere."""
-    if is_quiet():
+    """`iterable`, reporting progress on stderr: a bar on a terminal, a line now and then elsewhere
+    (from rank 0 alone under torchrun)."""
+    if is_quiet() or not distributed.is_main():
         return _Lines(iterable, desc, total, unit, initial, every=None, leave=False)
     if _is_terminal(sys.stderr):
         return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, leave=leave)

@@ -147,3 +147,32 @@ class RunWriter:
                 f"kept: free space in {self.dir}, then continue with: python train.py --resume "
                 f"{self.dir}"
             ) from None
+
+
+class NoWriter:
+    """What ranks other than 0 of a torchrun job hold instead of a RunWriter: the run directory,
+    its logs and checkpoints are rank 0's alone."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+
+    def start(self, keep_previous: bool) -> None:
+        pass
+
+    def keep_epochs(self, completed: int) -> None:
+        pass
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def log_step(self, step: int, lr: float) -> None:
+        pass
+
+    def save(self, *args, **kwargs) -> None:
+        pass
+
+    def finish(self, confusion: dict | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -43,13 +43,35 @@ def _clip_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window:
 
 
 @torch.no_grad()
-def per_file(features: list[torch.Tensor], batch_size: int, run) -> list[torch.Tensor]:
+def per_file(features, batch_size: int, run) -> list[torch.Tensor]:
     """run(batch [n, 1, ...] of clips) -> [n, ...] over every file's clips, several files sharing a
-    batch, then split back into one tensor per file."""
-    flat = torch.cat(features) if features else torch.empty(0)
-    outputs = [run(flat[start : start + batch_size].float().unsqueeze(1)) for start in range(0, len(flat), batch_size)]
+    batch, then split back into one tensor per file. Files are read one at a time (a split's
+    features may be far larger than memory)."""
+    counts, outputs = [], []
+    for batch, batch_counts in _clip_batches(features, batch_size):
+        if len(batch):
+            outputs.append(run(batch.float().unsqueeze(1)))
+        counts += batch_counts
     joined = torch.cat(outputs) if outputs else torch.empty(0)
-    return list(torch.split(joined, [len(f) for f in features]))
+    return list(torch.split(joined, counts)) if counts else []
+
+
+def _clip_batches(features, batch_size: int):
+    """Batches of batch_size consecutive clips over all files (the last one shorter), each with the
+    clip counts of the files read since the previous batch."""
+    waiting, size, counts = [], 0, []
+    for file_features in features:
+        waiting.append(file_features)
+        size += len(file_features)
+        counts.append(len(file_features))
+        if size >= batch_size:
+            flat = torch.cat(waiting)
+            whole = len(flat) // batch_size * batch_size
+            for i, batch in enumerate(flat[:whole].split(batch_size)):
+                yield batch, (counts if i == 0 else [])
+            waiting, size, counts = [flat[whole:]], len(flat) - whole, []
+    if size or counts:
+        yield torch.cat(waiting), counts
 
 
 def track_log_probs(clip_scores: list[torch.Tensor]) -> torch.Tensor:
@@ -74,7 +96,11 @@ def split_scores(
     model: torch.nn.Module, features: list[torch.Tensor], targets: list[int], device, window: int | None = None
 ) -> dict:
     """Loss and accuracy at clip and track level of one split, as validation reports them."""
-    clip_scores = clip_log_probs(model, features, device, window=window)
+    return score_clips(clip_log_probs(model, features, device, window=window), targets)
+
+
+def score_clips(clip_scores: list[torch.Tensor], targets: list[int]) -> dict:
+    """Loss and accuracy at clip and track level, from each track's clip log-probabilities."""
     clip_targets = torch.tensor(per_clip(targets, clip_scores), dtype=torch.long)
     all_clips = torch.cat(clip_scores)
     track_decision = track_log_probs(clip_scores).argmax(dim=1)

@@ -9,6 +9,8 @@ Every epoch draws its shuffling and augmentation randomness from (seed, epoch) a
 continued from last.pt takes exactly the steps the uninterrupted run would have taken.
 """
 
+import contextlib
+import itertools
 import math
 import signal
 import time
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import torch
 from sklearn.metrics import confusion_matrix
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
+from genrenet import distributed
 from genrenet.augment import SpectrogramAugment, mixup
 from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, crop_frames, from_dict
@@ -29,10 +34,13 @@ from genrenet.models import count_parameters
 from genrenet.progress import progress
 from genrenet.recorded_split import record_split, recorded_tracks
 from genrenet.registry import build_model, features_of, model_entry
-from genrenet.rundir import RunWriter
+from genrenet.rundir import NoWriter, RunWriter
 from genrenet.runlock import RunLock
 from genrenet.runlogs import check_logs
-from genrenet.scores import per_clip, split_scores, track_predictions
+from genrenet.scores import clip_log_probs, per_clip, score_clips, split_scores, track_predictions
+
+RANK_SEED_STEP = 7919  # under torchrun each rank draws its own augmentation from (seed, epoch, rank)
+SYNC_STEPS = 25  # steps between reading the running loss back from the device (a GPU waits for it)
 
 
 class Interrupted(Exception):
@@ -41,11 +49,16 @@ class Interrupted(Exception):
 
 class StopRequest:
     """Turns the first Ctrl-C into a flag the loop checks between steps, so the checkpoint it
-    writes is consistent; a second Ctrl-C stops at once."""
+    writes is consistent; a second Ctrl-C stops at once. Not under torchrun (enabled=False): the
+    ranks could stop at different steps, so a stopped job continues from its last whole epoch."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.requested = enabled, False
 
     def __enter__(self):
         self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self._handle)
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -54,7 +67,8 @@ class StopRequest:
         self.requested = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 @dataclass
@@ -104,18 +118,57 @@ class RunState:
         )
 
 
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's batches of clip numbers in one epoch. DistributedSampler draws the epoch's
+    order from (seed, epoch) and deals it out over the ranks, so step s of rank r takes its share
+    of the clips one process would take at step s; with one process it is that whole batch. A run
+    resumed midway skips the batches it already took."""
+
+    def __init__(self, dataset: ClipDataset, config: Config):
+        world = distributed.world_size()
+        if config.train.batch_size % world:
+            raise UserError(
+                f"train.batch_size ({config.train.batch_size}) must be a multiple of the number of "
+                f"processes ({world}): it is the batch of all of them together"
+            )
+        self.dataset = dataset
+        # DistributedSampler seeds with seed + epoch: with this seed, that is epoch_seed.
+        self.order = DistributedSampler(
+            dataset, world, distributed.rank(), shuffle=True, seed=epoch_seed(config, 0), drop_last=False
+        )
+        local_batch = config.train.batch_size // world
+        # Drop the last partial batch (BatchNorm needs more than one clip) unless it is the only one.
+        self.batches = BatchSampler(self.order, local_batch, drop_last=len(self.order) >= local_batch)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int) -> None:
+        self.order.set_epoch(epoch)
+        self.skip = skip
+
+    def steps(self) -> int:
+        return len(self.batches)
+
+    def __len__(self):
+        return len(self.batches) - self.skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+
 @dataclass
 class Learner:
     """The model and everything that updates it."""
 
     model: torch.nn.Module
+    stepper: torch.nn.Module  # what training steps call: the model, wrapped by DDP and torch.compile as asked
     augment: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     device: torch.device
     amp_dtype: torch.dtype | None  # None: full precision
-    dataset: ClipDataset
+    batches: EpochBatches
+    loader: DataLoader  # batches of (features, labels, tracks) read from the feature store
     steps_per_epoch: int
     resumed_rng: dict | None = field(default=None)  # RNG state of a run stopped mid-epoch
 
@@ -216,13 +269,17 @@ def train(config: Config, overwrite: bool = False) -> Path:
     """Train as the config says and return the run directory."""
     run_dir = Path(config.run.dir)
     check_logs(config.run.log)
-    with RunLock(run_dir):  # one run directory, one writer; also finds an unwritable run.dir before long work
+    fitted = model_entry(config.model.name).fitted
+    if fitted and distributed.launched():
+        raise UserError(f"{config.model.name} is fitted once in one process: run it without torchrun")
+    join_processes(config)
+    with run_lock(run_dir):  # one run directory, one writer; also finds an unwritable run.dir before long work
         if (run_dir / "best.pt").exists() and not overwrite:
             raise UserError(
                 f"{run_dir} already holds a trained model; pass --overwrite to replace it, "
                 f"--resume {run_dir} to continue it, or choose another folder with --set run.dir=PATH"
             )
-        if model_entry(config.model.name).fitted:
+        if fitted:
             return fit_once(config, run_dir)
         return fit_by_steps(config, run_dir, resume_state=None)
 
@@ -234,26 +291,39 @@ def resume(run_dir: str | Path) -> Path:
         raise UserError(
             f"{run_dir} holds no last.pt: the run stopped before its first checkpoint; start it again with --config"
         )
-    with RunLock(run_dir):
-        state = load_checkpoint(last)
-        training_state = state.get("training_state")
-        if not isinstance(training_state, dict) or "finished" not in training_state:
-            raise UserError(f"{last} holds no training state to resume from")
-        config = from_dict(state["config"], source=f"{last} (stored config)")
-        check_logs(config.run.log)
-        if training_state["finished"]:
-            print(f"{run_dir} already finished its {state['epoch']} epochs; nothing to resume")
-            return run_dir
+    state = load_checkpoint(last)
+    training_state = state.get("training_state")
+    if not isinstance(training_state, dict) or "finished" not in training_state:
+        raise UserError(f"{last} holds no training state to resume from")
+    config = from_dict(state["config"], source=f"{last} (stored config)")
+    check_logs(config.run.log)
+    if training_state["finished"]:
+        print(f"{run_dir} already finished its {state['epoch']} epochs; nothing to resume")
+        return run_dir
+    join_processes(config)
+    with run_lock(run_dir):
         return fit_by_steps(config, run_dir, resume_state=state)
+
+
+def join_processes(config: Config) -> torch.device:
+    """The device this process trains on; under torchrun, after joining the other processes."""
+    device = distributed.local_device(resolve_device(config.train.device))
+    distributed.start(device)
+    return device
+
+
+def run_lock(run_dir: Path):
+    """The run directory's lock, held by the process that writes it (rank 0 under torchrun)."""
+    return RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
 
 
 def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Path:
     """The training loop of models trained by gradient steps."""
-    device = resolve_device(config.train.device)
+    device = join_processes(config)
     data = prepare_data(config, recorded=resume_state.get("split") if resume_state else None)
     print_data_summary(data)
     learner = build_learner(config, data, device)
-    writer = RunWriter(run_dir, config, data.labels, data.split_record)
+    writer = RunWriter(run_dir, config, data.labels, data.split_record) if distributed.is_main() else NoWriter(run_dir)
     if resume_state is None:
         state = RunState()
         writer.start(keep_previous=True)
@@ -267,7 +337,7 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Pa
         )
 
     try:
-        with StopRequest() as stop:
+        with StopRequest(enabled=not distributed.active()) as stop:
             while state.epoch <= config.train.epochs:
                 started = time.time()
                 run_epoch(learner, config, data, state, writer, stop)
@@ -279,6 +349,7 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Pa
         writer.finish(confusion=best_confusion(learner, config, data, writer))
     finally:
         writer.close()  # an interrupted run's logs are complete up to where it stopped
+    distributed.barrier()  # rank 0's last files are written before any rank goes on (--cv evaluates next)
     chosen = (
         f"best validation track accuracy {state.best_score[0]:.3f}"
         if data.valid is not None
@@ -289,21 +360,46 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Pa
 
 
 def build_learner(config: Config, data: TrainingData, device: torch.device) -> Learner:
-    # Seed after the data is ready: filling the cache draws from the global RNG, reading it does not.
+    # Seed after the data is ready: filling the store draws from the global RNG, reading it does not.
     torch.manual_seed(config.train.seed)
     model = build_model(config, len(data.labels)).to(device)
-    print(f"model: {config.model.name}, {count_parameters(model):,} parameters; device: {device}")
+    print(f"model: {config.model.name}, {count_parameters(model):,} parameters; device: {device}{processes()}")
+    stepper = model
+    if distributed.active():  # gradients are averaged over the ranks after every backward pass
+        stepper = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if config.train.compile:
+        stepper = torch.compile(stepper)
     augment = build_augment(config).to(device)
-    dataset = ClipDataset(data.train.features, data.train.targets)
-    steps_per_epoch = max(
-        1, len(dataset) // config.train.batch_size
-    )  # drop the last partial batch: BatchNorm needs > 1
+    batches = EpochBatches(ClipDataset(data.train.features, data.train.targets), config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, config, batches.steps())
     use_amp = device.type == "cuda" and config.train.amp
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return Learner(model, augment, optimizer, scheduler, scaler, device, amp_dtype, dataset, steps_per_epoch)
+    loader = batch_loader(batches, config, device)
+    steps = batches.steps()
+    return Learner(model, stepper, augment, optimizer, scheduler, scaler, device, amp_dtype, batches, loader, steps)
+
+
+def batch_loader(batches: EpochBatches, config: Config, device: torch.device) -> DataLoader:
+    """Batches read by data.num_workers processes (0: this one), kept for every epoch, into pinned
+    memory on CUDA so the copy to the GPU overlaps the step."""
+    workers = config.data.num_workers
+    return DataLoader(
+        batches.dataset,
+        sampler=batches,
+        batch_size=None,  # the sampler gives whole batches, which the dataset reads in one go
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator(),  # its seed draw leaves the global RNG (augmentation's) untouched
+    )
+
+
+def processes() -> str:
+    world = distributed.world_size()
+    return f"; {world} processes (torchrun)" if world > 1 else ""
 
 
 def restore(learner: Learner, saved: dict) -> RunState:
@@ -350,32 +446,35 @@ def seed_epoch(learner: Learner, config: Config, state: RunState) -> None:
         if learner.device.type == "cuda" and rng["cuda"] is not None:
             torch.cuda.set_rng_state(rng["cuda"], learner.device)
     else:
-        torch.manual_seed(epoch_seed(config, state.epoch))
+        torch.manual_seed(epoch_seed(config, state.epoch) + RANK_SEED_STEP * distributed.rank())
 
 
 def run_epoch(
     learner: Learner, config: Config, data: TrainingData, state: RunState, writer: RunWriter, stop: StopRequest
 ) -> None:
     """One epoch of optimizer steps (the rest of it, when resumed midway); Ctrl-C saves and stops."""
-    batch_size, epoch, steps = config.train.batch_size, state.epoch, learner.steps_per_epoch
-    order = torch.randperm(len(learner.dataset), generator=torch.Generator().manual_seed(epoch_seed(config, epoch)))
+    epoch, steps = state.epoch, learner.steps_per_epoch
+    learner.batches.set_epoch(epoch, skip=state.batches_done)
     seed_epoch(learner, config, state)
     learner.model.train()
     learner.augment.train()
     if not state.batches_done:
         state.seen, state.loss_sum, state.correct = 0, 0.0, 0
     bar = progress(
-        range(state.batches_done, steps),
+        learner.loader,
         desc=f"epoch {epoch}/{config.train.epochs}",
         unit="batch",
         leave=False,
         initial=state.batches_done,
         total=steps,
     )
-    for step in bar:
-        take_step(learner, config, len(data.labels), order[step * batch_size : (step + 1) * batch_size], state)
+    unsynced = torch.zeros(3, dtype=torch.float64, device=learner.device)  # clips, loss sum, correct
+    for step, (x, y, _) in enumerate(bar, start=state.batches_done):
+        unsynced += take_step(learner, config, len(data.labels), x, y)
         writer.log_step((epoch - 1) * steps + step + 1, learner.scheduler.get_last_lr()[0])
-        bar.set_postfix(loss=f"{state.loss_sum / state.seen:.3f}", acc=f"{state.correct / state.seen:.3f}")
+        if (step + 1) % SYNC_STEPS == 0 or step + 1 == steps or stop.requested:
+            add_running_totals(state, unsynced, config)
+            bar.set_postfix(loss=f"{state.loss_sum / state.seen:.3f}", acc=f"{state.correct / state.seen:.3f}")
         if stop.requested and step + 1 < steps:
             state.batches_done = step + 1
             save_last(writer, learner, state, epoch=epoch - 1, metrics={})
@@ -383,24 +482,34 @@ def run_epoch(
     bar.close()
 
 
-def take_step(learner: Learner, config: Config, n_classes: int, index: torch.Tensor, state: RunState) -> None:
-    """One optimizer step on the clips at `index`; a loss that is not finite stops the run."""
-    x, y, _ = torch.utils.data.default_collate([learner.dataset[i] for i in index.tolist()])
-    x, y = learner.augment(x.to(learner.device, non_blocking=True)), y.to(learner.device, non_blocking=True)
+def take_step(learner: Learner, config: Config, n_classes: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on a batch; returns [clips, loss sum, correct] on the device, so the step
+    never waits for the GPU to report them."""
+    x = learner.augment(x.to(learner.device, non_blocking=True).float())  # stored float16, sent as such
+    y = y.to(learner.device, non_blocking=True)
     x, target = mixup(x, y, n_classes, config.augment.mixup_alpha)
     with torch.autocast(learner.device.type, dtype=learner.amp_dtype, enabled=learner.amp_dtype is not None):
-        logits = learner.model(x)["logits"]
+        logits = learner.stepper(x)["logits"]
     loss = torch.nn.functional.cross_entropy(logits.float(), target, label_smoothing=config.train.label_smoothing)
-    if not torch.isfinite(loss):
-        raise diverged(config, state.epoch, f"the loss became {loss.item()}")
     learner.optimizer.zero_grad(set_to_none=True)
     learner.scaler.scale(loss).backward()
     learner.scaler.step(learner.optimizer)
     learner.scaler.update()
     learner.scheduler.step()
-    state.seen += len(y)
-    state.loss_sum += loss.item() * len(y)
-    state.correct += (logits.argmax(dim=1) == y).sum().item()
+    clips = torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
+    correct = (logits.argmax(dim=1) == y).sum().double()
+    return torch.stack([clips, loss.detach().double() * len(y), correct])
+
+
+def add_running_totals(state: RunState, unsynced: torch.Tensor, config: Config) -> None:
+    """Move the steps' totals into the run state; a loss that is not finite stops the run."""
+    seen, loss_sum, correct = unsynced.tolist()
+    unsynced.zero_()
+    if not math.isfinite(loss_sum):
+        raise diverged(config, state.epoch, f"the loss became {loss_sum}")
+    state.seen += int(seen)
+    state.loss_sum += loss_sum
+    state.correct += int(correct)
 
 
 def diverged(config: Config, epoch: int, what: str) -> UserError:
@@ -418,17 +527,15 @@ def end_epoch(
     epoch = state.epoch
     if not all(torch.isfinite(p).all() for p in learner.model.parameters()):  # the last step's update overflowed
         raise diverged(config, epoch, "the weights hold NaN or infinite values")
+    seen, loss_sum, correct = distributed.sum_over_ranks(state.seen, state.loss_sum, state.correct)
     row = {
         "epoch": epoch,
-        "train_loss": state.loss_sum / max(state.seen, 1),
-        "train_acc": state.correct / max(state.seen, 1),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
         "lr": learner.scheduler.get_last_lr()[0],
     }
     if data.valid is not None:
-        scores = split_scores(
-            learner.model, data.valid.features, data.valid.targets, learner.device, crop_frames(config)
-        )
-        row.update({f"valid_{k}": v for k, v in scores.items()})
+        row.update({f"valid_{k}": v for k, v in validation_scores(learner, config, data.valid).items()})
     row["seconds"] = round(time.time() - started, 2)
     writer.log(row)
 
@@ -448,10 +555,22 @@ def end_epoch(
         print(f"early stopping: no better validation score for {patience} epochs")
 
 
+def validation_scores(learner: Learner, config: Config, valid: SplitData) -> dict:
+    """Loss and accuracies on the validation split; under torchrun each rank scores its share of
+    the tracks and every rank gets the same scores of the whole split."""
+    mine = distributed.share(list(range(len(valid.features))))
+    scores = clip_log_probs(learner.model, valid.features.subset(mine), learner.device, window=crop_frames(config))
+    clip_scores = [None] * len(valid.features)
+    for tracks, track_scores in distributed.gather_objects((mine, scores)):
+        for track, clip_score in zip(tracks, track_scores):
+            clip_scores[track] = clip_score
+    return score_clips(clip_scores, valid.targets)
+
+
 def best_confusion(learner: Learner, config: Config, data: TrainingData, writer: RunWriter) -> dict | None:
     """For TensorBoard: best.pt's track-level confusion matrix on the validation split (None when
     nothing would show it). Loads best.pt's weights into the model: training is over."""
-    if data.valid is None or "tensorboard" not in config.run.log:
+    if data.valid is None or "tensorboard" not in config.run.log or not distributed.is_main():
         return None
     learner.model.load_state_dict(load_checkpoint(writer.dir / "best.pt")["model_state"])
     predicted = track_predictions(learner.model, data.valid.features, learner.device, crop_frames(config))

@@ -1,15 +1,22 @@
-"""Feature cache: computed once per file and preprocessing setting, reused, never stale."""
+"""Feature store: computed once per file and preprocessing setting, kept in memory-mapped .npy
+shards, reused, never stale, never half written."""
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import SR, tiny_config, write_garbage, write_tone
-from genrenet.cache import FeatureCache, cached_features, compute_features
+from conftest import REPO_ROOT, SR, tiny_config, write_garbage, write_tone
+from genrenet.cache import cached_features, compute_features
 from genrenet.config import preprocessing_key
-from genrenet.fileio import atomic_save
+from genrenet.store import FeatureStore
 
 
 @pytest.fixture
@@ -24,8 +31,16 @@ def config_for(tmp_path, **sections):
     return tiny_config(tmp_path, tmp_path / "audio", **sections)
 
 
-def entries(cache_dir: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*.pt")}
+def shard_files(key_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (key_dir / "shards").iterdir()}
+
+
+def shards_of(key_dir: Path) -> list[Path]:
+    return sorted((key_dir / "shards").glob("*.npy"))
+
+
+def stored_tracks(key_dir: Path) -> int:
+    return sum(len(json.loads(p.with_suffix(".json").read_text())["tracks"]) for p in shards_of(key_dir))
 
 
 def test_first_call_computes_into_preprocessing_key_folder(tmp_path, files):
@@ -34,35 +49,72 @@ def test_first_call_computes_into_preprocessing_key_folder(tmp_path, files):
     assert failures == {}
     key_dir = tmp_path / "cache" / preprocessing_key(config)
     assert (key_dir / "settings.json").is_file()
-    stored = entries(key_dir)
-    assert len(stored) == 3
-    assert {p.parent.parent for p in stored} == {key_dir}
+    [shard] = shards_of(key_dir)  # three small tracks share one shard
+    index = json.loads(shard.with_suffix(".json").read_text())
+    assert index["shape"] == [9, 32, 32] and index["dtype"] == "float16" and len(index["tracks"]) == 3
+    assert np.load(shard, mmap_mode="r").shape == (9, 32, 32)  # plain NumPy reads it
     # shapes: 1 s, 1.5 s, 2 s tracks in 0.5 s clips at 8 kHz, hop 128 -> 32 frames
     assert [tuple(f.shape) for f in features] == [(2, 32, 32), (3, 32, 32), (4, 32, 32)]
     for path, mel in zip(files, features):
         torch.testing.assert_close(mel, compute_features(path, config))
 
 
-def test_second_call_reuses_the_cache(tmp_path, files):
+def test_second_call_reuses_the_store(tmp_path, files):
     config = config_for(tmp_path)
     first, _ = cached_features(files, config)
     key_dir = tmp_path / "cache" / preprocessing_key(config)
-    before = entries(key_dir)
+    before = shard_files(key_dir)
     second, failures = cached_features(files, config)
     assert failures == {}
-    assert entries(key_dir) == before  # nothing rewritten
+    assert shard_files(key_dir) == before  # nothing rewritten
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
 
-def test_cached_values_are_what_gets_returned(tmp_path, files):
+def test_stored_values_are_what_gets_returned(tmp_path, files):
     config = config_for(tmp_path)
-    first, _ = cached_features(files, config)
-    cache = FeatureCache(config)
-    marker = torch.full_like(first[0], 7.0)
-    atomic_save({"features": marker}, cache.entry(files[0]))
+    cached_features(files, config)
+    [shard] = shards_of(tmp_path / "cache" / preprocessing_key(config))
+    stored = np.load(shard, mmap_mode="r+")
+    stored[:] = 7.0
+    stored.flush()
+    del stored
     again, _ = cached_features(files, config)
-    assert torch.equal(again[0], marker)  # read from the cache, not recomputed
+    assert all(torch.equal(track, torch.full_like(track, 7.0)) for track in again)  # read, not recomputed
+
+
+def test_new_files_are_added_without_touching_stored_shards(tmp_path, files):
+    config = config_for(tmp_path)
+    cached_features(files[:2], config)
+    key_dir = tmp_path / "cache" / preprocessing_key(config)
+    before = shard_files(key_dir)
+    features, _ = cached_features(files, config)
+    after = shard_files(key_dir)
+    assert all(after[p] == mtime for p, mtime in before.items())
+    [added] = set(shards_of(key_dir)) - set(before)
+    assert list(json.loads(added.with_suffix(".json").read_text())["tracks"]) == [FeatureStore(config).key(files[2])]
+    torch.testing.assert_close(features[2], compute_features(files[2], config))
+
+
+def test_clips_of_many_tracks_come_back_in_the_order_asked(tmp_path, files, monkeypatch):
+    monkeypatch.setattr("genrenet.store.SHARD_BYTES", 1)  # a shard per track
+    config = config_for(tmp_path)
+    features, _ = cached_features(files, config)
+    assert len(shards_of(tmp_path / "cache" / preprocessing_key(config))) == 3
+    every_clip = torch.cat([features[i] for i in range(3)])
+    asked = np.array([8, 0, 5, 2, 2, 7, 1])
+    assert torch.equal(features.clips(asked), every_clip[asked])
+
+
+def test_reading_leaves_no_shard_mapped(tmp_path, files):
+    """Mapped pages count toward the process's memory: a map left open per shard would grow a
+    training process by the size of the dataset over one epoch."""
+    config = config_for(tmp_path)
+    features, _ = cached_features(files, config)
+    features.clips(np.arange(features.clip_count))
+    [features[i] for i in range(len(features))]
+    shard_dir = str(tmp_path / "cache" / preprocessing_key(config) / "shards")
+    assert shard_dir not in Path("/proc/self/maps").read_text()
 
 
 @pytest.mark.parametrize(
@@ -83,8 +135,8 @@ def test_changed_preprocessing_setting_uses_new_key_and_new_shapes(tmp_path, fil
     assert failures == {}
     assert tuple(new_features[0].shape) == shape
     assert (tmp_path / "cache" / preprocessing_key(new)).is_dir()
-    assert len(entries(tmp_path / "cache" / preprocessing_key(new))) == 3
-    assert len(entries(tmp_path / "cache" / preprocessing_key(old))) == 3  # the old folder is untouched
+    assert stored_tracks(tmp_path / "cache" / preprocessing_key(new)) == 3
+    assert stored_tracks(tmp_path / "cache" / preprocessing_key(old)) == 3  # the old folder is untouched
     for path, mel in zip(files, new_features):
         torch.testing.assert_close(mel, compute_features(path, new))
 
@@ -114,37 +166,95 @@ def test_modified_audio_file_is_recomputed(tmp_path, files):
     assert second[1].float().mean(dim=(0, 2)).argmax() > first[1].float().mean(dim=(0, 2)).argmax()
 
 
-def test_touched_audio_file_gets_new_entry(tmp_path, files):
+def test_touched_audio_file_gets_a_new_entry(tmp_path, files):
     config = config_for(tmp_path)
     cached_features(files, config)
-    cache = FeatureCache(config)
-    old_entry = cache.entry(files[0])
+    old_key = FeatureStore(config).key(files[0])
     stat = files[0].stat()
     os.utime(files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert cache.entry(files[0]) != old_entry
+    assert FeatureStore(config).get(files[0]) is None
     cached_features(files, config)
-    assert cache.entry(files[0]).is_file()
+    store = FeatureStore(config)
+    assert store.get(files[0]) is not None and store.key(files[0]) != old_key
 
 
-@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "wrong_content"])
-def test_corrupted_cache_entry_is_recomputed(tmp_path, files, damage):
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "other_shape", "index_garbage", "index_rows"])
+def test_damaged_shard_is_removed_and_its_tracks_recomputed(tmp_path, files, damage, monkeypatch):
+    monkeypatch.setattr("genrenet.store.SHARD_BYTES", 1)  # a shard per track
     config = config_for(tmp_path)
-    first, _ = cached_features(files, config)
-    entry = FeatureCache(config).entry(files[0])
-    data = entry.read_bytes()
+    first = list(cached_features(files, config)[0])  # read now: the damaged shard will be gone
+    key = FeatureStore(config).key(files[1])
+    shard = FeatureStore(config).get(files[1]).shard
+    index = shard.with_suffix(".json")
+    data = shard.read_bytes()
     if damage == "truncate":
-        entry.write_bytes(data[: len(data) // 2])
+        shard.write_bytes(data[: len(data) - 100])
     elif damage == "empty":
-        entry.write_bytes(b"")
+        shard.write_bytes(b"")
     elif damage == "garbage":
-        entry.write_bytes(b"\x00not a torch file" * 10)
+        shard.write_bytes(b"\x93NUMPY garbage" * 50)
+    elif damage == "other_shape":
+        np.save(shard, np.zeros((3, 16, 32), dtype=np.float16))
+    elif damage == "index_garbage":
+        index.write_text("{not json")
     else:
-        torch.save({"features": torch.zeros(3, 5)}, entry)  # loadable but not features
+        stored = json.loads(index.read_text())
+        stored["tracks"][key] = [2, 5]  # rows past the end of the array
+        index.write_text(json.dumps(stored))
     second, failures = cached_features(files, config)
     assert failures == {}
-    assert torch.equal(second[0], first[0])
-    # and the entry is healthy again
-    assert torch.equal(torch.load(entry, weights_only=True)["features"], first[0])
+    assert not shard.exists() and not index.exists()  # removed, and its track stored anew
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert FeatureStore(config).get(files[1]).shard != shard
+
+
+FILL = """
+import sys
+import genrenet.store
+from genrenet.cache import cached_features
+from genrenet.config import load_config
+genrenet.store.SHARD_BYTES = 1  # a shard per file: many commits to be killed between
+paths = sorted(__import__("pathlib").Path(sys.argv[2]).glob("*.wav"))
+cached_features(paths, load_config(sys.argv[1]))
+"""
+
+
+def test_a_fill_killed_at_any_moment_leaves_only_whole_shards_and_the_next_run_completes_it(tmp_path):
+    audio = [
+        write_tone(tmp_path / "audio" / f"t{i:02d}.wav", freq=200 + 150 * i, seconds=1.0, noise=0.01, seed=i)
+        for i in range(40)
+    ]
+    config = config_for(tmp_path)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        json.dumps(
+            {
+                "data": {"path": str(tmp_path / "audio"), "cache_dir": str(tmp_path / "cache")},
+                "audio": {"sample_rate": SR, "clip_seconds": 0.5, "hop_seconds": 0.5},
+                "features": {"n_fft": 256, "hop_length": 128, "n_mels": 32},
+            }
+        )
+    )
+    shards = tmp_path / "cache" / preprocessing_key(config) / "shards"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for kill_after in (0.05, 0.3, 0.7):  # seconds after the first shard: a different moment each time
+        fill = subprocess.Popen([sys.executable, "-c", FILL, str(config_file), str(tmp_path / "audio")], env=env)
+        while fill.poll() is None and not (shards.exists() and list(shards.glob("*.json"))):
+            time.sleep(0.01)
+        time.sleep(kill_after)
+        fill.send_signal(signal.SIGKILL)
+        fill.wait()
+        store = FeatureStore(config)  # opening it clears the killed writer's leftovers
+        assert not [p for p in shards.iterdir() if p.name.endswith(".tmp")]
+        for path in audio:  # every track the store claims is whole and right
+            stored = store.get(path)
+            if stored is not None:
+                torch.testing.assert_close(stored.read(), compute_features(path, config))
+    held = sum(FeatureStore(config).get(p) is not None for p in audio)
+    assert 0 < held < len(audio)
+    features, failures = cached_features(audio, config)
+    assert failures == {} and len(features) == len(audio)
+    assert all(FeatureStore(config).get(p) is not None for p in audio)
 
 
 def test_unreadable_audio_is_reported_and_others_still_come_back(tmp_path, files):
@@ -155,13 +265,13 @@ def test_unreadable_audio_is_reported_and_others_still_come_back(tmp_path, files
     features, failures = cached_features(paths, config)
     assert set(failures) == {bad, missing}
     assert "bad.wav" in failures[bad] and "gone.wav" in failures[missing]
-    assert features[1] is None and features[3] is None
-    for i, path in ((0, files[0]), (2, files[1]), (4, files[2])):
+    assert len(features) == 3  # the readable files, in order
+    for i, path in enumerate(files):
         torch.testing.assert_close(features[i], compute_features(path, config))
-    # failures are not cached: the bad file is tried again (and fails again) next time
+    # failures are not stored: the bad file is tried again (and fails again) next time
     _, failures_again = cached_features(paths, config)
     assert set(failures_again) == {bad, missing}
-    assert len(entries(tmp_path / "cache" / preprocessing_key(config))) == 3
+    assert stored_tracks(tmp_path / "cache" / preprocessing_key(config)) == 3
 
 
 def test_worker_processes_give_the_same_features(tmp_path, files):
@@ -179,8 +289,6 @@ def test_features_are_float16_and_finite(tmp_path, files):
 
 
 def test_settings_json_describes_the_key(tmp_path, files):
-    import json
-
     config = config_for(tmp_path)
     cached_features(files, config)
     settings = json.loads((tmp_path / "cache" / preprocessing_key(config) / "settings.json").read_text())

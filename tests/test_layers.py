@@ -44,6 +44,7 @@ LAYERS = [  # top to bottom; a module may import its own layer (without cycles) 
             "progress",
             "plots",
             "runlogs",
+            "distributed",
         },
     ),
 ]
