@@ -124,8 +124,9 @@ class EpochBatches(torch.utils.data.Sampler):
     of the clips one process would take at step s; with one process it is that whole batch. A run
     resumed midway skips the batches it already took."""
 
-    def __init__(self, dataset: ClipDataset, config: Config):
-        world = distributed.world_size()
+    def __init__(self, dataset: ClipDataset, config: Config, world: int | None = None, rank: int | None = None):
+        world = distributed.world_size() if world is None else world
+        rank = distributed.rank() if rank is None else rank
         if config.train.batch_size % world:
             raise UserError(
                 f"train.batch_size ({config.train.batch_size}) must be a multiple of the number of "
@@ -134,7 +135,7 @@ class EpochBatches(torch.utils.data.Sampler):
         self.dataset = dataset
         # DistributedSampler seeds with seed + epoch: with this seed, that is epoch_seed.
         self.order = DistributedSampler(
-            dataset, world, distributed.rank(), shuffle=True, seed=epoch_seed(config, 0), drop_last=False
+            dataset, world, rank, shuffle=True, seed=epoch_seed(config, 0), drop_last=False
         )
         local_batch = config.train.batch_size // world
         # Drop the last partial batch (BatchNorm needs more than one clip) unless it is the only one.
