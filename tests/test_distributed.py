@@ -22,9 +22,11 @@ import torch
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config, tiny_config_dict, write_config
 from genrenet.cache import cached_features, compute_features
+from genrenet.config import from_dict
 from genrenet.datasets import ClipDataset
+from genrenet.errors import UserError
 from genrenet.store import FeatureStore
-from genrenet.training import EpochBatches
+from genrenet.training import EpochBatches, train
 
 TOLERANCE = 0.06  # measured: at most 0.037 apart over 40 epochs
 EPOCHS = 40  # long enough (about 0.1 s each) to kill a rank midway
@@ -93,7 +95,7 @@ def test_each_rank_takes_its_share_of_the_one_process_batch(tmp_path):
 def test_batch_size_must_split_evenly_over_the_processes(tmp_path):
     config = tiny_config(tmp_path, tmp_path, train={"batch_size": 15})
     features = type("F", (), {"track_of_clips": lambda self: np.zeros(30, dtype=np.int64)})()
-    with pytest.raises(Exception, match=r"train.batch_size \(15\) must be a multiple of the number of processes"):
+    with pytest.raises(UserError, match=r"train.batch_size \(15\) must be a multiple of the number of processes"):
         EpochBatches(ClipDataset(features, targets=[0]), config, world=2, rank=0)
 
 
@@ -213,3 +215,11 @@ def rank_pid(launcher: int, rank: int) -> int:
         if f"RANK={rank}".encode() in environ:
             return int(status.parent.name)
     raise AssertionError(f"no rank {rank} under process {launcher}")
+
+
+def test_torchrun_refuses_a_model_fitted_in_one_process(tmp_path, class_folder, monkeypatch):
+    raw = {**tiny_config_dict(tmp_path, class_folder), "model": {"name": "svm"}}
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    with pytest.raises(UserError, match="svm is fitted once in one process: run it without torchrun"):
+        train(from_dict(raw))
+    assert not (tmp_path / "run").exists()
