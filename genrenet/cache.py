@@ -52,10 +52,11 @@ def cached_features(paths: list[Path], config: Config, desc: str = "features"):
         store.refresh()
     items = [store.get(p) or writer.unstored.get(_key_or_none(store, p)) for p in paths if p not in failures]
     lost = sum(item is None for item in items)
-    if lost:
+    if lost:  # under torchrun, features reach the other ranks through the store alone
         raise UserError(
             f"features of {lost} files are not in {store.dir} after being computed: a file changed while "
-            "it was read, or, under torchrun on several nodes, data.cache_dir is not a folder all nodes share"
+            "it was read, or, under torchrun, the store could not be written or data.cache_dir is not a "
+            "folder all nodes share"
         )
     return TrackFeatures(items), failures
 

@@ -223,3 +223,25 @@ def test_torchrun_refuses_a_model_fitted_in_one_process(tmp_path, class_folder, 
     with pytest.raises(UserError, match="svm is fitted once in one process: run it without torchrun"):
         train(from_dict(raw))
     assert not (tmp_path / "run").exists()
+
+
+def test_cross_validation_under_torchrun(setup):
+    root, config = setup
+    tracks = sorted((root / "data").rglob("*.wav"))
+    manifest = root / "folds.csv"
+    manifest.write_text(
+        "path,label,fold\n" + "".join(f"{p},{p.parent.name},{i % 3 + 1}\n" for i, p in enumerate(tracks))
+    )
+    run = root / "cv"
+    args = ["--config", str(config), "--cv", "--set", f"data.path={manifest}", "--set", "train.epochs=2"]
+    done = subprocess.run(
+        torchrun(*args, "--set", f"run.dir={run}"), env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "cv.json").read_text())
+    assert [row["fold"] for row in summary["folds"]] == [1, 2, 3]
+    assert all(row["test_tracks"] == 8 for row in summary["folds"])
+    for fold in (1, 2, 3):
+        assert (run / f"fold-{fold}" / "eval_best_test.json").is_file()
+        assert len(metrics(run / f"fold-{fold}")) == 2
+    assert done.stdout.count("cross-validation of small_cnn") == 1  # rank 0 alone reports
