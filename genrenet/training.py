@@ -37,7 +37,7 @@ from genrenet.registry import build_model, features_of, model_entry
 from genrenet.rundir import NoWriter, RunWriter
 from genrenet.runlock import RunLock
 from genrenet.runlogs import check_logs
-from genrenet.scores import clip_log_probs, per_clip, score_clips, split_scores, track_predictions
+from genrenet.scores import clip_log_probs, score_clips, split_scores, track_predictions
 
 RANK_SEED_STEP = 7919  # under torchrun each rank draws its own augmentation from (seed, epoch, rank)
 SYNC_STEPS = 25  # steps between reading the running loss back from the device (a GPU waits for it)
@@ -134,9 +134,7 @@ class EpochBatches(torch.utils.data.Sampler):
             )
         self.dataset = dataset
         # DistributedSampler seeds with seed + epoch: with this seed, that is epoch_seed.
-        self.order = DistributedSampler(
-            dataset, world, rank, shuffle=True, seed=epoch_seed(config, 0), drop_last=False
-        )
+        self.order = DistributedSampler(dataset, world, rank, shuffle=True, seed=epoch_seed(config, 0), drop_last=False)
         local_batch = config.train.batch_size // world
         # Drop the last partial batch (BatchNorm needs more than one clip) unless it is the only one.
         self.batches = BatchSampler(self.order, local_batch, drop_last=len(self.order) >= local_batch)
@@ -607,8 +605,9 @@ def fit_once(config: Config, run_dir: Path) -> Path:
     data = prepare_data(config)
     print_data_summary(data)
     model = build_model(config, len(data.labels))
-    features = torch.cat(data.train.features).unsqueeze(1)
-    targets = torch.tensor(per_clip(data.train.targets, data.train.features), dtype=torch.long)
+    features = torch.cat(list(data.train.features)).unsqueeze(1)  # clip statistics: small enough to hold
+    clips_per_track = torch.from_numpy(data.train.features.counts)
+    targets = torch.repeat_interleave(torch.tensor(data.train.targets, dtype=torch.long), clips_per_track)
     kind = features_of(config)
     print(
         f"model: {config.model.name} on {kind.width(config)} {kind.name} features per clip, "
