@@ -3,14 +3,27 @@
 Everything is generated with numpy + soundfile inside pytest's tmp_path; nothing is downloaded.
 """
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pytest
-import soundfile
-import yaml
+# Under pytest-xdist (make test runs `pytest -n 2`) each worker is one of two processes sharing the
+# cores: one thread each for torch and numpy, and for every process a test starts (they inherit this
+# environment), or the thread pools oversubscribe the machine and every test slows down. Set before
+# numpy and torch are imported, which read these once.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
 
 # pydub warns at import time when ffmpeg is missing; that is expected in the test environment.
 warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
