@@ -21,11 +21,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/genrenet demo
 
-# Lint and format check first (seconds), then the suite.
+# Lint and format check first (seconds), then the suite on two pytest-xdist workers, a file per
+# worker at a time (module fixtures are built once), longest files first (see tests/conftest.py).
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 clean:
 	rm -rf runs/demo data/demo data/demo-unseen cache
