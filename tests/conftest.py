@@ -157,8 +157,9 @@ def pytest_configure(config):
 # make test runs the files on two pytest-xdist workers (--dist loadfile: a file's tests, and its
 # module fixtures, stay on one worker), handing them out in collection order (--no-loadscope-reorder).
 # The files that take longest go first, so that no long one starts last while the other worker
-# idles. CPU seconds of each file on 2 cores, measured Nov 2025; the others take under 10 s each.
+# idles. CPU seconds of each file on 2 cores, as measured; the others take under 10 s each.
 LONGEST_FIRST = (
+    "test_distributed.py",  # ~150 s: torchrun launches of 2 processes each
     "test_recipe.py",  # ~90 s
     "test_classic_cli.py",  # ~80 s
     "test_resume.py",  # ~65 s
