@@ -99,19 +99,22 @@ class TrackFeatures(Sequence):
         groups: dict[Path | None, list[int]] = {}  # shard (None: memory) -> positions in the batch
         for position, track in enumerate(tracks):
             groups.setdefault(self._source(track), []).append(position)
+        # Assembled in NumPy: a copy of rows, which torch would spread over its intra-op threads
+        # (in the training process itself when data.num_workers is 0), each op then waiting for all
+        # of them: 0.5-12 ms a batch on 2 busy cores, against 0.03 ms here.
         batch = None
         for source, positions in groups.items():
             if source is None:
-                piece = torch.stack([self.items[tracks[p]][within[p]] for p in positions])
+                piece = torch.stack([self.items[tracks[p]][within[p]] for p in positions]).numpy()
             else:
                 rows = np.array([self.items[tracks[p]].row + within[p] for p in positions])
                 order = np.argsort(rows, kind="stable")  # ascending rows read a shard front to back
                 positions = [positions[o] for o in order]
-                piece = torch.from_numpy(read_rows(source, rows[order]))
+                piece = read_rows(source, rows[order])
             if batch is None:
-                batch = torch.empty((len(numbers), *piece.shape[1:]), dtype=piece.dtype)
+                batch = np.empty((len(numbers), *piece.shape[1:]), dtype=piece.dtype)
             batch[positions] = piece
-        return batch
+        return torch.from_numpy(batch)
 
     def _source(self, track: int) -> Path | None:
         item = self.items[track]
