@@ -2,6 +2,7 @@
 store (genrenet.store) so that each file is decoded once per preprocessing setting.
 """
 
+import ctypes
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from genrenet.errors import UserError
 from genrenet.progress import progress
 from genrenet.registry import features_of
 from genrenet.store import FeatureStore, ShardWriter, TrackFeatures
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 
 
 def feature_extractor(config: Config):
@@ -73,6 +76,8 @@ def _fill(writer: ShardWriter, paths: list[Path], config: Config, desc: str, sho
     failures = {}
     if not paths:
         return failures
+    if not config.data.num_workers:
+        return_large_frees()  # this process decodes
     loader = torch.utils.data.DataLoader(
         _Extraction(paths, config), batch_size=None, num_workers=config.data.num_workers, worker_init_fn=_one_thread
     )
@@ -108,3 +113,15 @@ class _Extraction(torch.utils.data.Dataset):
 
 def _one_thread(_worker_id):
     torch.set_num_threads(1)  # workers already run in parallel; more threads only contend
+    return_large_frees()
+
+
+def return_large_frees() -> None:
+    """Buffers of 128 KB and more (a decoded block, a file's clips) get their own mapping, given back
+    to the system when freed. glibc otherwise raises that threshold after the first such free and
+    keeps later ones on its heap, where the pieces of files of every length add up: a worker filling
+    the store grew from 626 to 793 MB peak going from 40 to 160 files, and stays at 489 with this."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc: its own allocator, nothing to set
+        pass
