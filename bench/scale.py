@@ -9,10 +9,10 @@ Generates two datasets of 30 s tracks (class folders of 22,050 Hz mono WAV, one 
 class, as bench/train_speed.py writes them), each with a bench config that stores many feature
 bytes per second of audio, so a few GB of store come from a tractable amount of audio: 3 s clips
 every 0.5 s (55 overlapping clips per track) of 256 mel bands, stored float16 (66,560 bytes a clip,
-3.7 MB a track); the model is a tiny small_cnn (width 4), so the epoch is dominated by reading the
-store. For each dataset, first fills its store in a separate process (cache.cached_features over
-every track, --fill-workers decoding; time, files/s and the key folder's size on disk), then runs
-the real command on the warm store:
+3.7 MB a track); the model is a tiny small_cnn (width 4), so its weights and activations are small
+beside the store and what would grow with N is easy to see. For each dataset, first fills its
+store in a separate process (cache.cached_features over every track, --fill-workers decoding; time,
+files/s and the key folder's size on disk), then runs the real command on the warm store:
 
     python train.py --config <bench config> --overwrite       # train.epochs=1, data.num_workers=0
 

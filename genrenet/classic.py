@@ -12,7 +12,6 @@ import zlib
 from typing import Literal
 
 import numpy as np
-import skops.io
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -126,11 +125,15 @@ def fit_classifier(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> str | No
 
 
 def to_bytes(model: Pipeline) -> bytes:
+    import skops.io  # imported here: it takes most of a second, and only classic models need it
+
     return skops.io.dumps(model)
 
 
 def from_bytes(data: bytes) -> Pipeline:
     """A model written by to_bytes; anything holding other types is refused before it is built."""
+    import skops.io  # imported here: it takes most of a second, and only classic models need it
+
     if not len(data):
         raise UserError(f"not a readable classic model ({DAMAGED}: it is empty)")
     try:

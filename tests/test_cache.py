@@ -283,6 +283,47 @@ def test_worker_processes_give_the_same_features(tmp_path, files):
         assert torch.equal(a, b)
 
 
+# Buffers of 1 to 3.5 MB (a decoded file's pieces), each followed by a smaller block that outlives
+# it, all freed after glibc's first large free has raised its threshold: RSS kept after the frees.
+HEAP_GROWTH = """
+import ctypes, os, sys
+from genrenet.cache import return_large_frees
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+if sys.argv[1] == "returned":
+    return_large_frees()
+big = libc.malloc(8 << 20)
+libc.memset(big, 1, 8 << 20)
+libc.free(big)
+before = rss()
+blocks, pins = [], []
+for i in range(40):
+    size = (1 << 20) + i * (64 << 10)
+    blocks.append(libc.malloc(size))
+    libc.memset(blocks[-1], 1, size)
+    pins.append(libc.malloc(32 << 10))
+for block in blocks:
+    libc.free(block)
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_decoding_process_gives_freed_buffers_back_to_the_system():
+    def growth(mode):
+        run = subprocess.run([sys.executable, "-c", HEAP_GROWTH, mode], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout) / 2**20
+
+    assert growth("default") > 30  # by default the freed buffers stay in the heap (about 88 MiB)
+    assert growth("returned") < 4  # once return_large_frees is set, as in the fill's processes, they go back
+
+
 def test_features_are_float16_and_finite(tmp_path, files):
     features, _ = cached_features(files, config_for(tmp_path))
     assert all(f.dtype == torch.float16 and torch.isfinite(f).all() for f in features)
