@@ -7,6 +7,8 @@ shorter than a clip scores each clip the same way over windows of the crop's len
 
 import torch
 
+from genrenet.store import TrackFeatures
+
 
 def window_starts(frames: int, window: int) -> list[int]:
     """Start frames of windows of `window` frames every half window, the last one ending at the clip's end."""
@@ -46,32 +48,38 @@ def _clip_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window:
 def per_file(features, batch_size: int, run) -> list[torch.Tensor]:
     """run(batch [n, 1, ...] of clips) -> [n, ...] over every file's clips, several files sharing a
     batch, then split back into one tensor per file. Files are read one at a time (a split's
-    features may be far larger than memory)."""
-    counts, outputs = [], []
-    for batch, batch_counts in _clip_batches(features, batch_size):
-        if len(batch):
-            outputs.append(run(batch.float().unsqueeze(1)))
-        counts += batch_counts
-    joined = torch.cat(outputs) if outputs else torch.empty(0)
+    features may be far larger than memory). The outputs go into one tensor made at the first
+    batch: kept as a small tensor per batch, they sat between each batch's large freed buffers in
+    the allocator's heap, and scoring 180 stored tracks peaked 325 MiB above scoring 45."""
+    counts = clip_counts(features)
+    joined, done = torch.empty(0), 0
+    for batch in _clip_batches(features, batch_size):
+        output = run(batch.float().unsqueeze(1))
+        if done == 0:
+            joined = output.new_empty(sum(counts), *output.shape[1:])
+        joined[done : done + len(output)] = output
+        done += len(output)
     return list(torch.split(joined, counts)) if counts else []
 
 
+def clip_counts(features) -> list[int]:
+    """Each file's number of clips; a stored split's come from its index, without reading it."""
+    return features.counts.tolist() if isinstance(features, TrackFeatures) else [len(f) for f in features]
+
+
 def _clip_batches(features, batch_size: int):
-    """Batches of batch_size consecutive clips over all files (the last one shorter), each with the
-    clip counts of the files read since the previous batch."""
-    waiting, size, counts = [], 0, []
+    """Batches of batch_size consecutive clips over all files (the last one shorter)."""
+    waiting, size = [], 0
     for file_features in features:
         waiting.append(file_features)
         size += len(file_features)
-        counts.append(len(file_features))
         if size >= batch_size:
             flat = torch.cat(waiting)
             whole = len(flat) // batch_size * batch_size
-            for i, batch in enumerate(flat[:whole].split(batch_size)):
-                yield batch, (counts if i == 0 else [])
-            waiting, size, counts = [flat[whole:]], len(flat) - whole, []
-    if size or counts:
-        yield torch.cat(waiting), counts
+            yield from flat[:whole].split(batch_size)
+            waiting, size = [flat[whole:]], len(flat) - whole
+    if size:
+        yield torch.cat(waiting)
 
 
 def track_log_probs(clip_scores: list[torch.Tensor]) -> torch.Tensor:
