@@ -24,17 +24,17 @@ peak into anonymous memory and mapped file pages (RssAnon, RssFile), which would
 mapped. Prints the sizes, the fill and both peaks; exits 1 when the 4N/N ratio is above --limit
 (1.15) or the 4N peak is 2 GiB or more. Everything generated is deleted unless --keep.
 
-Measured on 2 CPU cores, with a training-throughput bench running alongside throughout (times
-are slowed by it; peak memory is not):
+Measured on 2 CPU cores with nothing else running (`python bench/scale.py`):
 
-    N:   300 tracks   16500 clips, store 1.02 GiB, fill  57 s (5.25 files/s), train.py 263 s, peak RSS  990 MiB
-    4N: 1200 tracks   66000 clips, store 4.09 GiB, fill 217 s (5.54 files/s), train.py 759 s, peak RSS 1096 MiB
-    ratio 4N/N 1.107 (limit 1.15), 4N peak 1.07 GiB (limit 2 GiB); whole bench 23.9 min
+    N:   300 tracks   16500 clips, store 1.02 GiB, fill  55 s (5.49 files/s), train.py  48 s, peak RSS  998 MiB
+    4N: 1200 tracks   66000 clips, store 4.09 GiB, fill 216 s (5.56 files/s), train.py 175 s, peak RSS 1022 MiB
+    ratio 4N/N 1.024 (limit 1.15), 4N peak 1.00 GiB (limit 2 GiB); whole bench 9.9 min
+    fill processes' peak RSS: 729 and 728 MiB
 
-Most of either peak is torch itself (importing it and a forward/backward: about 690 MiB). The fill
-processes' peaks in that run (746 and 2090 MiB) were the decoding workers growing with the number
-of files, fixed since (cache.return_large_frees: in a smaller fill a worker then peaked at 490 MiB for 40
-and for 160 files, against 626 and 793 before).
+Most of either peak is torch itself (importing it and a forward/backward: about 690 MiB). Two
+growths this bench found are fixed: the fill's decoding workers grew with the number of files
+(peaks 746 and 2090 MiB; cache.return_large_frees), and validation kept a small output tensor per
+batch that pinned freed buffers in the heap (ratio 1.140 before, 1.024 after; scores.per_file).
 """
 
 import argparse
