@@ -57,8 +57,10 @@ def per_file(features, batch_size: int, run) -> list[torch.Tensor]:
         output = run(batch.float().unsqueeze(1))
         if done == 0:
             joined = output.new_empty(sum(counts), *output.shape[1:])
-        joined[done : done + len(output)] = output
+        joined[done : done + len(output)] = output  # more clips than counted: a shape error here
         done += len(output)
+    if done != sum(counts):  # fewer: the rest of joined would be whatever memory it was made in
+        raise RuntimeError(f"{done} clips were scored where the files' counts add up to {sum(counts)}")
     return list(torch.split(joined, counts)) if counts else []
 
 

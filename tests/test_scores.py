@@ -65,3 +65,13 @@ def test_scoring_four_times_the_tracks_does_not_raise_peak_memory():
 
     # A small output tensor kept per batch used to pin freed buffers in the heap: 725 -> 832 MiB.
     assert peak_mib(80) - peak_mib(20) < 40
+
+
+def test_clips_fewer_than_counted_are_an_error_not_uninitialized_scores():
+    class Shrunk(TrackFeatures):  # its index says 4 clips, 3 are read
+        def __iter__(self):
+            return iter([torch.zeros(3, 2)])
+
+    shrunk = Shrunk([torch.zeros(4, 2)])
+    with pytest.raises(RuntimeError, match="3 clips were scored where the files' counts add up to 4"):
+        per_file(shrunk, 2, lambda batch: batch.flatten(1))
