@@ -51,20 +51,21 @@ def per_file(features, batch_size: int, run) -> list[torch.Tensor]:
     features may be far larger than memory). The outputs go into one tensor made at the first
     batch: kept as a small tensor per batch, they sat between each batch's large freed buffers in
     the allocator's heap, and scoring 180 stored tracks peaked 325 MiB above scoring 45."""
-    counts = clip_counts(features)
+    counts = _clip_counts(features)
+    total = sum(counts)
     joined, done = torch.empty(0), 0
     for batch in _clip_batches(features, batch_size):
         output = run(batch.float().unsqueeze(1))
         if done == 0:
-            joined = output.new_empty(sum(counts), *output.shape[1:])
+            joined = output.new_empty(total, *output.shape[1:])
         joined[done : done + len(output)] = output  # more clips than counted: a shape error here
         done += len(output)
-    if done != sum(counts):  # fewer: the rest of joined would be whatever memory it was made in
-        raise RuntimeError(f"{done} clips were scored where the files' counts add up to {sum(counts)}")
+    if done != total:  # fewer: the rest of joined would be whatever memory it was made in
+        raise RuntimeError(f"{done} clips were scored where the files' counts add up to {total}")
     return list(torch.split(joined, counts)) if counts else []
 
 
-def clip_counts(features) -> list[int]:
+def _clip_counts(features) -> list[int]:
     """Each file's number of clips; a stored split's come from its index, without reading it."""
     return features.counts.tolist() if isinstance(features, TrackFeatures) else [len(f) for f in features]
 
