@@ -46,7 +46,9 @@ def cached_features(paths: list[Path], config: Config, desc: str = "features"):
     filling its own shards, and all of them then read the whole store.
     """
     store = FeatureStore(config)
-    missing = [p for p in paths if store.get(p) is None]
+    # Every rank shares out one list, rank 0's, taken before any rank writes: a rank that looked
+    # later would see the others' new shards and share out a shorter list, leaving tracks to nobody.
+    missing = distributed.broadcast_object([p for p in paths if store.get(p) is None])
     writer = ShardWriter(store)
     failures = _fill(writer, distributed.share(missing), config, desc, shown_total=len(missing))
     writer.flush()

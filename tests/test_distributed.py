@@ -143,6 +143,45 @@ def test_two_ranks_fill_one_store_at_once(setup, two_process_run):
     assert failures == {} and len(features) == 20
 
 
+# Rank 1 opens the store late, when rank 0 has already filled its share and committed a shard.
+LATE_RANK = """
+import sys, time
+from pathlib import Path
+import torch
+import genrenet.cache
+from genrenet import distributed
+from genrenet.config import load_config
+from genrenet.store import FeatureStore
+
+class LateStore(FeatureStore):
+    def __init__(self, config):
+        if distributed.rank() == 1:
+            time.sleep(3)
+        super().__init__(config)
+
+genrenet.cache.FeatureStore = LateStore
+distributed.start(torch.device("cpu"))
+paths = sorted(Path(sys.argv[2]).rglob("*.wav"))
+features, failures = genrenet.cache.cached_features(paths, load_config(sys.argv[1]))
+assert failures == {} and len(features) == len(paths)
+distributed.stop()
+"""
+
+
+def test_a_rank_that_opens_the_store_late_still_fills_the_same_share_out(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=2, seconds=1.0)
+    config = write_config(tmp_path / "config.yaml", tiny_config_dict(tmp_path, data))
+    script = tmp_path / "late_rank.py"
+    script.write_text(LATE_RANK)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone"]
+    done = subprocess.run(
+        [*launch, str(script), str(config), str(data)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # no track left to nobody, as "not in the store"
+    store = FeatureStore(from_dict(tiny_config_dict(tmp_path, data)))
+    assert all(store.get(path) is not None for path in data.rglob("*.wav"))
+
+
 def test_two_nodes_on_one_machine_train_as_two_local_processes(setup, two_process_run):
     root, config = setup
     run = root / "nodes"
