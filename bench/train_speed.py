@@ -50,6 +50,7 @@ from genrenet import training  # noqa: E402
 from genrenet.cache import cached_features  # noqa: E402
 from genrenet.config import from_dict, preprocessing_key  # noqa: E402
 from genrenet.datasets import find_tracks  # noqa: E402
+from genrenet.errors import cli_entry  # noqa: E402
 from genrenet.registry import build_model  # noqa: E402
 from genrenet.rundir import NoWriter  # noqa: E402
 
@@ -188,7 +189,7 @@ def timed_run(side, device: torch.device) -> dict:
     return run
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=1000, help="tracks to generate (default 1000, as GTZAN)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each track (default 30)")
@@ -208,8 +209,64 @@ def main(argv=None):
     parser.add_argument("--target", type=float, default=0.9, help="least product/bare ratio on the CPU")
     parser.add_argument("--dir", default=None, help="where to write the data (default: a new folder in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated tracks and store")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def fill_store(folder: Path, args) -> None:
+    """Fills the feature store of the generated tracks and prints its speed and size on disk."""
+    fill_config = make_config(folder, args, args.fill_workers)
+    paths = [t.path for t in find_tracks(fill_config.data)]
+    start = time.perf_counter()
+    features, failures = cached_features(paths, fill_config, desc="fill")
+    fill_seconds = time.perf_counter() - start
+    if failures:
+        raise SystemExit(f"{len(failures)} generated files could not be read: {next(iter(failures.values()))}")
+    store_dir = Path(fill_config.data.cache_dir) / preprocessing_key(fill_config)
+    store_bytes = disk_usage(store_dir)
+    print(
+        f"fill: {len(paths)} files in {fill_seconds:.1f} s ({len(paths) / fill_seconds:.1f} files/s, "
+        f"{args.fill_workers} workers); store {store_bytes / 2**20:.0f} MiB on disk for "
+        f"{features.clip_count} clips of {tuple(features[0].shape[1:])} {features[0].dtype}",
+        flush=True,
+    )
+
+
+def time_sides(sides: dict, repeats: int, device: torch.device) -> dict[str, list[dict]]:
+    """Timed epochs of every side, alternating, so a busy moment on a shared machine hits all."""
+    runs = {name: [] for name in sides}
+    for repeat in range(repeats):
+        for name, side in sides.items():
+            run = timed_run(side, device)
+            runs[name].append(run)
+            print(
+                f"  {repeat + 1}/{repeats} {name:12}: {run['clips']} clips in {run['seconds']:6.1f} s, "
+                f"{run['clips_per_s']:6.1f} clips/s",
+                flush=True,
+            )
+    return runs
+
+
+def report(runs: dict[str, list[dict]], device: torch.device, target: float) -> dict[str, float]:
+    """Prints each side's median clips/s (and epoch time and peak GPU memory on CUDA) and each
+    product's ratio to the bare loop, which it returns."""
+    medians = {name: statistics.median(r["clips_per_s"] for r in runs[name]) for name in runs}
+    for name in runs:
+        each = ", ".join(f"{r['clips_per_s']:.1f}" for r in runs[name])
+        extra = ""
+        if device.type == "cuda":
+            seconds = statistics.median(r["seconds"] for r in runs[name])
+            peak = max(r["peak_gpu_bytes"] for r in runs[name])
+            extra = f"  epoch {seconds:.1f} s, peak GPU memory {peak / 2**20:.0f} MiB"
+        print(f"{name + ':':14} {medians[name]:8.1f} clips/s  (median of {each}){extra}")
+    ratios = {name: medians[name] / medians["bare"] for name in runs if name != "bare"}
+    wanted = f"target >= {target}" if device.type == "cpu" else "the target applies on the CPU"
+    for name, ratio in ratios.items():
+        print(f"ratio {name} / bare: {ratio:6.3f}  ({wanted})")
+    return ratios
+
+
+def main(argv=None):
+    args = parse_args(argv)
     folder = Path(args.dir or tempfile.mkdtemp(prefix="train_speed_"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -220,22 +277,7 @@ def main(argv=None):
             f"in {time.perf_counter() - began:.0f} s",
             flush=True,
         )
-
-        fill_config = make_config(folder, args, args.fill_workers)
-        paths = [t.path for t in find_tracks(fill_config.data)]
-        start = time.perf_counter()
-        features, failures = cached_features(paths, fill_config, desc="fill")
-        fill_seconds = time.perf_counter() - start
-        if failures:
-            raise SystemExit(f"{len(failures)} generated files could not be read: {next(iter(failures.values()))}")
-        store_dir = Path(fill_config.data.cache_dir) / preprocessing_key(fill_config)
-        store_bytes = disk_usage(store_dir)
-        print(
-            f"fill: {len(paths)} files in {fill_seconds:.1f} s ({len(paths) / fill_seconds:.1f} files/s, "
-            f"{args.fill_workers} workers); store {store_bytes / 2**20:.0f} MiB on disk for "
-            f"{features.clip_count} clips of {tuple(features[0].shape[1:])} {features[0].dtype}",
-            flush=True,
-        )
+        fill_store(folder, args)
 
         device = torch.device(args.device)
         configs = {f"product w={w}": make_config(folder, args, w) for w in args.workers}
@@ -247,35 +289,14 @@ def main(argv=None):
         sides["bare"] = Bare(first, data, device, amp_dtype)
         for side in sides.values():
             side.warm_up(args.warmup)
-        runs = {name: [] for name in sides}
-        for repeat in range(args.repeats):  # alternating, so a busy moment on a shared machine hits all
-            for name, side in sides.items():
-                run = timed_run(side, device)
-                runs[name].append(run)
-                print(
-                    f"  {repeat + 1}/{args.repeats} {name:12}: {run['clips']} clips in {run['seconds']:6.1f} s, "
-                    f"{run['clips_per_s']:6.1f} clips/s",
-                    flush=True,
-                )
+        runs = time_sides(sides, args.repeats, device)
 
-        medians = {name: statistics.median(r["clips_per_s"] for r in runs[name]) for name in runs}
         amp = f", AMP {amp_dtype}" if amp_dtype else ""
         print(
             f"\n{args.model} on {device}{amp}, batch {first.train.batch_size}, {torch.get_num_threads()} threads; "
             f"product w=N: run_epoch with data.num_workers=N; load average {os.getloadavg()[0]:.2f} at the end"
         )
-        for name in runs:
-            each = ", ".join(f"{r['clips_per_s']:.1f}" for r in runs[name])
-            extra = ""
-            if device.type == "cuda":
-                seconds = statistics.median(r["seconds"] for r in runs[name])
-                peak = max(r["peak_gpu_bytes"] for r in runs[name])
-                extra = f"  epoch {seconds:.1f} s, peak GPU memory {peak / 2**20:.0f} MiB"
-            print(f"{name + ':':14} {medians[name]:8.1f} clips/s  (median of {each}){extra}")
-        ratios = {name: medians[name] / medians["bare"] for name in configs}
-        target = f"target >= {args.target}" if device.type == "cpu" else "the target applies on the CPU"
-        for name, ratio in ratios.items():
-            print(f"ratio {name} / bare: {ratio:6.3f}  ({target})")
+        ratios = report(runs, device, args.target)
         print(f"whole bench {time.perf_counter() - began:.0f} s")
         return 0 if min(ratios.values()) >= args.target or device.type != "cpu" else 1
     finally:
@@ -284,4 +305,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_entry(main)())

@@ -170,6 +170,7 @@ LONGEST_FIRST = (
     "test_silent_results.py",  # ~40 s
     "test_concurrency.py",  # ~35 s
     "test_results.py",  # ~25 s
+    "test_benches.py",  # ~20 s
     "test_export.py",  # ~15 s
     "test_bad_config.py",  # ~15 s
     "test_hostile_config.py",  # ~15 s
