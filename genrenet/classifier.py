@@ -18,7 +18,7 @@ import numpy as np
 import soundfile
 import torch
 
-from genrenet.cache import compute_features, feature_extractor
+from genrenet.cache import compute_features, feature_extractor, one_thread
 from genrenet.config import crop_frames
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
@@ -138,7 +138,7 @@ class Classifier:
             batch_size=files_per_batch,
             num_workers=workers,
             collate_fn=list,
-            worker_init_fn=_one_thread,
+            worker_init_fn=one_thread,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
@@ -164,10 +164,6 @@ class _Decode(torch.utils.data.Dataset):
         except MemoryError:
             row["error"] = f"{self.paths[i]}: not enough memory to compute its features"
         return row
-
-
-def _one_thread(_worker_id):
-    torch.set_num_threads(1)  # workers already run in parallel; more threads only contend
 
 
 def describe(
