@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from genrenet import __version__, demo_data, distributed
+from genrenet import __version__, demo_data, distributed, stack
 from genrenet.classifier import Classifier
 from genrenet.config import builtin_configs, load_config, with_changes
 from genrenet.crossval import cross_validate
@@ -349,12 +349,22 @@ def run_demo(argv=None, prog=None):
     return 0
 
 
+def run_check(argv=None, prog=None):
+    """Import the whole stack (torch, torchaudio's compiled library, soundfile, scikit-learn) and say
+    its versions; a package that does not import is one line naming the installed and the needed pair."""
+    argparse.ArgumentParser(prog=prog, description=run_check.__doc__).parse_args(argv)
+    stack.require(stack.STACK)
+    print(stack.summary())
+    return 0
+
+
 COMMANDS = {
     "train": (run_train, "train a model from a YAML config or a built-in config name"),
     "evaluate": (run_evaluate, "report a checkpoint's accuracy on the test (or another) split"),
     "predict": (run_predict, "predict the genre (class) of audio files or folders"),
     "export": (run_export, "write a CNN checkpoint as ONNX or TorchScript, waveform in, probabilities out"),
     "demo": (run_demo, "generate demo songs, train, evaluate and predict, in the current folder"),
+    "check": (run_check, "check that the installed packages import together, and print their versions"),
 }
 
 
