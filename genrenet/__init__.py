@@ -9,7 +9,7 @@ except PackageNotFoundError:  # a source tree used without installing it
 
 from genrenet.stack import require  # noqa: E402
 
-require()  # torch and torchaudio load as a pair, or one line says which pair is installed and which is needed
+require()  # torch, torchaudio, soundfile, sklearn import, or one line names what is broken and what is needed
 
 from genrenet import catalog  # noqa: E402,F401  registers the built-in models and feature kinds
 from genrenet.classifier import Classifier  # noqa: E402,F401  the Python API: Classifier.load(checkpoint).predict(...)

@@ -6,8 +6,8 @@ it was built against: a new torchaudio upload beside an older torch fails at `im
 (e.g. torchaudio 2.11.1 with torch 2.11.0: undefined symbol). genrenet pins the pair exactly; this
 module says which pair is installed and which one genrenet needs.
 
-`genrenet check` (the last step of `make setup`) checks the whole stack and prints the versions;
-importing genrenet checks the compiled pair (torch, torchaudio) first.
+Importing genrenet checks the stack first (genrenet imports all of it anyway); `genrenet check`,
+the last step of `make setup`, then prints the versions.
 """
 
 import importlib
@@ -82,7 +82,7 @@ def first_broken(modules) -> str | None:
     return None
 
 
-def require(modules=COMPILED_PAIR) -> None:
+def require(modules=tuple(STACK)) -> None:
     """Raise BrokenStack if one of `modules` does not import. Uncaught, it prints as one line."""
     problem = first_broken(modules)
     if problem is None:

@@ -46,6 +46,7 @@ def source_copy(folder: Path) -> Path:
     folder.mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", folder)
     shutil.copy(REPO_ROOT / "README.md", folder)
+    shutil.copy(REPO_ROOT / "LICENSE", folder)
     shutil.copytree(REPO_ROOT / "genrenet", folder / "genrenet", ignore=shutil.ignore_patterns("__pycache__"))
     return folder
 
@@ -88,6 +89,17 @@ def test_installed_package_trains_evaluates_predicts_outside_the_repo(tmp_path):
         0
     ]  # the built package, not the editable one
     assert where[1] == "runs/demo"  # a built-in config, by name, from the installed package data
+
+    # `pip install genrenet` without the lock still gets the exact torch / torchaudio pair, and the licence.
+    metadata = run(
+        python,
+        "-c",
+        "import importlib.metadata as m; d = m.distribution('genrenet'); "
+        "print(*d.requires, sep='\\n'); print('licence:', any(f.name == 'LICENSE' for f in d.files))",
+        cwd=work,
+    ).stdout.splitlines()
+    assert "torch==2.11.0" in metadata and "torchaudio==2.11.0" in metadata, metadata
+    assert "licence: True" in metadata
 
     run(genrenet, "train", "--config", "tiny.yaml", cwd=work)
     assert (work / "run" / "best.pt").is_file()

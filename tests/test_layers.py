@@ -45,6 +45,7 @@ LAYERS = [  # top to bottom; a module may import its own layer (without cycles) 
             "plots",
             "runlogs",
             "distributed",
+            "stack",
         },
     ),
 ]
