@@ -2,9 +2,10 @@
 evaluation and resume use the very tracks of training, not a fresh draw over today's files.
 
 A track is recorded by its path relative to the data's root (the data folder, or the manifest's
-folder), its label and a fingerprint (its size and a hash of its first 64 KiB), so the same data
-moved elsewhere is still recognized, and an edited file, or other data under the same names, is
-noticed.
+folder), its label and a fingerprint (fileio.fingerprint: its size and a hash of its content,
+the one the feature store keys on), so the same data moved elsewhere is still recognized, and an
+edited file, or other data under the same names, is noticed. Splits recorded before fingerprints
+had a version (size and a hash of the first 64 KiB) are compared that way.
 """
 
 import hashlib
@@ -15,6 +16,7 @@ from pathlib import Path
 from genrenet.config import DataConfig
 from genrenet.datasets import SPLITS, Track
 from genrenet.errors import UserError
+from genrenet.fileio import fingerprint as content_fingerprint
 
 # Data settings that change which tracks land in which split; the others (where the data is,
 # caching, error handling) leave a recorded split valid.
@@ -57,7 +59,7 @@ def recorded_tracks(
     root = data_root(data)
     on_disk = {track_id(t, root): t for t in found}
     wanted = recorded["tracks"][split]
-    changed = [r["id"] for r in wanted if r["id"] in on_disk and fingerprint(on_disk[r["id"]].path) != r["fingerprint"]]
+    changed = [r["id"] for r in wanted if r["id"] in on_disk and not unchanged(on_disk[r["id"]].path, r["fingerprint"])]
     present = [r["id"] for r in wanted if r["id"] in on_disk]
     if wanted and len(changed) == len(present):
         return None  # another data set: none of the recorded tracks is there as it was
@@ -90,8 +92,20 @@ def _describe(split: str, total: int, **groups: list[str]) -> str:
 
 
 def fingerprint(path: Path) -> str:
-    """Size and a hash of the first 64 KiB: cheap on a large library, and enough to tell an edited
-    or replaced file (a file that cannot be read has none)."""
+    """fileio.fingerprint, or "" for a file that cannot be read."""
+    try:
+        return content_fingerprint(path)
+    except OSError:
+        return ""
+
+
+def unchanged(path: Path, recorded: str) -> bool:
+    """Whether the file is as it was when `recorded` was taken, compared the way it was taken."""
+    return (fingerprint(path) if recorded.startswith("v2:") else _first_64k_fingerprint(path)) == recorded
+
+
+def _first_64k_fingerprint(path: Path) -> str:
+    """The fingerprint of splits recorded before version 2: size and a hash of the first 64 KiB."""
     try:
         with open(path, "rb") as file:
             head = file.read(1 << 16)

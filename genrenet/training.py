@@ -505,17 +505,21 @@ def add_running_totals(state: RunState, unsynced: torch.Tensor, config: Config) 
     seen, loss_sum, correct = unsynced.tolist()
     unsynced.zero_()
     if not math.isfinite(loss_sum):
-        raise diverged(config, state.epoch, f"the loss became {loss_sum}")
+        raise diverged(config, state, f"the loss became {loss_sum}")
     state.seen += int(seen)
     state.loss_sum += loss_sum
     state.correct += int(correct)
 
 
-def diverged(config: Config, epoch: int, what: str) -> UserError:
+def diverged(config: Config, state: RunState, what: str) -> UserError:
+    kept = (
+        "best.pt and last.pt keep the last good epoch"
+        if state.best_epoch  # the first finished epoch always saves best.pt
+        else "no epoch had finished, so no best.pt was saved"
+    )
     return UserError(
-        f"training diverged in epoch {epoch}: {what}; the likely cause is a learning rate too high for "
-        f"this data (train.lr={config.train.lr:g}): lower it and start again; best.pt and last.pt keep "
-        "the last good epoch"
+        f"training diverged in epoch {state.epoch}: {what}; the likely cause is a learning rate too high for "
+        f"this data (train.lr={config.train.lr:g}): lower it and start again; {kept}"
     )
 
 
@@ -525,7 +529,7 @@ def end_epoch(
     """Validate, log, keep the best model, decide on early stopping, and save last.pt."""
     epoch = state.epoch
     if not all(torch.isfinite(p).all() for p in learner.model.parameters()):  # the last step's update overflowed
-        raise diverged(config, epoch, "the weights hold NaN or infinite values")
+        raise diverged(config, state, "the weights hold NaN or infinite values")
     seen, loss_sum, correct = distributed.sum_over_ranks(state.seen, state.loss_sum, state.correct)
     row = {
         "epoch": epoch,

@@ -183,3 +183,15 @@ def pytest_collection_modifyitems(config, items):
         return  # a plain run keeps the files in name order
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+def scramble(path, count: int = 4096, seed: int = 0) -> Path:
+    """Random bytes over `count` bytes in the middle of a file (a quarter of it at most), its size
+    kept: damage that no size or header check sees."""
+    path = Path(path)
+    size = path.stat().st_size
+    count = min(count, size // 4)
+    with open(path, "r+b") as file:
+        file.seek(size // 2 - count // 2)
+        file.write(np.random.default_rng(seed).bytes(count))
+    return path

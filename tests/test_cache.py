@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SR, tiny_config, write_garbage, write_tone
+import genrenet.store
+from conftest import REPO_ROOT, SR, scramble, tiny_config, write_garbage, write_tone
 from genrenet.cache import cached_features, compute_features
 from genrenet.config import preprocessing_key
 from genrenet.store import FeatureStore
@@ -79,6 +80,9 @@ def test_stored_values_are_what_gets_returned(tmp_path, files):
     stored[:] = 7.0
     stored.flush()
     del stored
+    index = json.loads(shard.with_suffix(".json").read_text())
+    index["checksum"] = genrenet.store._crc32(shard)  # as a writer of these values would have written it
+    shard.with_suffix(".json").write_text(json.dumps(index))
     again, _ = cached_features(files, config)
     assert all(torch.equal(track, torch.full_like(track, 7.0)) for track in again)  # read, not recomputed
 
@@ -166,6 +170,35 @@ def test_modified_audio_file_is_recomputed(tmp_path, files):
     assert second[1].float().mean(dim=(0, 2)).argmax() > first[1].float().mean(dim=(0, 2)).argmax()
 
 
+def test_an_edit_past_the_first_64_kib_that_keeps_size_and_mtime_is_recomputed(tmp_path):
+    long = write_tone(tmp_path / "audio" / "long.wav", freq=500, seconds=6.0, noise=0.01)  # 96 KB
+    other = write_tone(tmp_path / "other.wav", freq=2500, seconds=6.0, noise=0.01)
+    config = config_for(tmp_path)
+    [first], _ = cached_features([long], config)
+    stat, data = long.stat(), bytearray(long.read_bytes())
+    data[80_000:90_000] = other.read_bytes()[80_000:90_000]  # seconds 5.0-5.6 now hold the other tone
+    long.write_bytes(bytes(data))
+    os.utime(long, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as a copy that keeps times would
+    [second], _ = cached_features([long], config)
+    assert not torch.equal(second, first)  # were the stale features of the file before the edit
+    torch.testing.assert_close(second, compute_features(long, config))
+
+
+def test_a_shard_is_hashed_once_per_process_and_never_when_batches_are_read(tmp_path, files, monkeypatch):
+    hashed = []
+    real_crc32 = genrenet.store._crc32
+    monkeypatch.setattr("genrenet.store._crc32", lambda path: hashed.append(path) or real_crc32(path))
+    config = config_for(tmp_path)
+    features, _ = cached_features(files, config)
+    assert hashed == []  # just written: its checksum was taken from the bytes in memory
+    for _ in range(2):  # e.g. the splits of a run, or the folds of --cv
+        features, _ = cached_features(files, config)
+    assert len(hashed) == 1  # one shard, read once
+    features.clips(np.arange(features.clip_count))
+    [features[i] for i in range(len(features))]
+    assert len(hashed) == 1
+
+
 def test_touched_audio_file_gets_a_new_entry(tmp_path, files):
     config = config_for(tmp_path)
     cached_features(files, config)
@@ -178,7 +211,9 @@ def test_touched_audio_file_gets_a_new_entry(tmp_path, files):
     assert store.get(files[0]) is not None and store.key(files[0]) != old_key
 
 
-@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "other_shape", "index_garbage", "index_rows"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "empty", "garbage", "other_shape", "index_garbage", "index_rows", "bytes_inside"]
+)
 def test_damaged_shard_is_removed_and_its_tracks_recomputed(tmp_path, files, damage, monkeypatch):
     monkeypatch.setattr("genrenet.store.SHARD_BYTES", 1)  # a shard per track
     config = config_for(tmp_path)
@@ -197,6 +232,8 @@ def test_damaged_shard_is_removed_and_its_tracks_recomputed(tmp_path, files, dam
         np.save(shard, np.zeros((3, 16, 32), dtype=np.float16))
     elif damage == "index_garbage":
         index.write_text("{not json")
+    elif damage == "bytes_inside":  # size and header intact: found by the checksum
+        scramble(shard)
     else:
         stored = json.loads(index.read_text())
         stored["tracks"][key] = [2, 5]  # rows past the end of the array
