@@ -13,13 +13,17 @@ at other rates the tag probabilities are close to musicnn's, not identical (up t
 """
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torchaudio
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional
 
 from genrenet.audio import resampling_rates
+from genrenet.config import STRICT
 from genrenet.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -148,9 +152,42 @@ def pretrained_path(name: str) -> Path:
     return PRETRAINED_DIR / PRETRAINED[name]
 
 
+def pretrained_weights(name: str) -> dict:
+    """A shipped tagger's file: {"state_dict", "tags", "source"}."""
+    return torch.load(pretrained_path(name), map_location="cpu", weights_only=True)
+
+
 def load_pretrained(name: str) -> tuple[MusiCNN, list[str]]:
     """A shipped tagger by name (musicnn-msd, musicnn-mtt), in eval mode, and its tag names."""
-    saved = torch.load(pretrained_path(name), map_location="cpu", weights_only=True)
+    saved = pretrained_weights(name)
     model = MusiCNN(n_tags=len(saved["tags"]))
     model.load_state_dict(saved["state_dict"])
     return model.eval(), list(saved["tags"])
+
+
+@dataclass(config=STRICT)
+class MusicnnSettings:
+    """The model section of musicnn trained on the user's classes: the shipped tagger's layers (or
+    none: from scratch) under a new head, every layer trained."""
+
+    name: str = "musicnn"
+    pretrained: Literal["musicnn-msd", "musicnn-mtt"] | None = "musicnn-msd"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+def build_musicnn(settings: MusicnnSettings, n_classes: int, width: int) -> MusiCNN:
+    model = MusiCNN(n_tags=n_classes, dropout=settings.dropout)
+    if settings.pretrained is not None:
+        state = pretrained_weights(settings.pretrained)["state_dict"]
+        model.load_state_dict({**state, "head.weight": model.head.weight, "head.bias": model.head.bias})
+    return model
+
+
+def musicnn_extractor(config) -> MusicnnFrontEnd:
+    """The feature kind of musicnn: its log-mel front end, on 16 kHz clips."""
+    if config.audio.sample_rate != SAMPLE_RATE:
+        raise UserError(
+            f"model {config.model.name} reads 16 kHz audio: set audio.sample_rate: {SAMPLE_RATE} "
+            f"(it is {config.audio.sample_rate})"
+        )
+    return MusicnnFrontEnd()

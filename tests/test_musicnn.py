@@ -8,18 +8,23 @@ bit for bit), and per patch the logits, tag probabilities and penultimate layer 
 
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_install import REPO_ROOT, run, source_copy
 
+from conftest import CLASSES, make_class_folder, tiny_config_dict, write_config
+from genrenet import Classifier, cli
 from genrenet.errors import UserError
 from genrenet.musicnn import (
     PATCH_FRAMES,
     PRETRAINED,
     MusiCNN,
     MusicnnFrontEnd,
+    MusicnnSettings,
+    build_musicnn,
     load_pretrained,
     patches,
     pretrained_path,
@@ -143,3 +148,36 @@ def test_wheel_carries_the_weights_and_their_licence(tmp_path):
     assert {"genrenet/pretrained/musicnn_msd.pt", "genrenet/pretrained/musicnn_mtt.pt"} <= names
     assert "Copyright (c) Music Technology Group, Universitat Pompeu Fabra 2019" in notice
     assert "License-Expression: MIT AND ISC" in metadata
+
+
+def test_musicnn_starts_from_the_shipped_layers_under_a_new_head():
+    model = build_musicnn(MusicnnSettings(pretrained="musicnn-mtt"), 3, 96)
+    shipped = torch.load(pretrained_path("musicnn-mtt"), weights_only=True)["state_dict"]
+    state = model.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in shipped.items() if not key.startswith("head."))
+    assert state["head.weight"].shape == (3, 200)
+    scratch = build_musicnn(MusicnnSettings(pretrained=None), 3, 96).state_dict()
+    assert not torch.equal(scratch["timbral.0.conv.weight"], shipped["timbral.0.conv.weight"])
+
+
+def musicnn_config(tmp_path, data, sample_rate: int = 16000) -> Path:
+    raw = tiny_config_dict(tmp_path, data, train={"epochs": 1, "batch_size": 8, "lr": 0.001})
+    raw["audio"]["sample_rate"] = sample_rate
+    raw["model"] = {"name": "musicnn", "pretrained": "musicnn-msd"}
+    return write_config(tmp_path / "musicnn.yaml", raw)
+
+
+def test_musicnn_trains_and_predicts_from_a_config(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "data", per_class=4, seconds=1.0)  # about 2.4 GFLOPs per 3 s: kept tiny
+    assert cli.train_main(["--config", str(musicnn_config(tmp_path, data))]) == 0
+    assert "model: musicnn" in capsys.readouterr().out
+    classifier = Classifier.load(tmp_path / "run" / "best.pt", device="cpu")
+    top = classifier.predict(next((data / CLASSES[0]).iterdir()))["top"]
+    assert top[0]["label"] in CLASSES and 0 < top[0]["probability"] <= 1
+
+
+def test_musicnn_at_another_sample_rate_is_one_error_line(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "data", per_class=4, seconds=1.0)
+    assert cli.train_main(["--config", str(musicnn_config(tmp_path, data, sample_rate=8000))]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "error: model musicnn reads 16 kHz audio: set audio.sample_rate: 16000 (it is 8000)", error
