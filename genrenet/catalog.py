@@ -7,6 +7,7 @@ register_model line here, or in your own code for a model that lives outside gen
 from genrenet.classic import ClassicModel, ClassicSettings
 from genrenet.features import mel_extractor
 from genrenet.models import CNNSettings, ResidualCNN, SmallCNN
+from genrenet.musicnn import N_MELS, MusicnnSettings, build_musicnn, musicnn_extractor
 from genrenet.registry import FeatureKind, ModelEntry, register_features, register_model
 
 
@@ -29,10 +30,12 @@ def handcrafted_width(config) -> int:
 
 
 register_features(FeatureKind("mel", extractor=mel_extractor, width=lambda config: config.features.n_mels, framed=True))
+register_features(FeatureKind("musicnn_mel", extractor=musicnn_extractor, width=lambda config: N_MELS, framed=True))
 register_features(FeatureKind("handcrafted", extractor=handcrafted_extractor, width=handcrafted_width, framed=False))
 
 register_model(ModelEntry("small_cnn", CNNSettings, "mel", SmallCNN.from_settings, family="cnn"))
 register_model(ModelEntry("resnet_cnn", CNNSettings, "mel", ResidualCNN.from_settings, family="cnn"))
+register_model(ModelEntry("musicnn", MusicnnSettings, "musicnn_mel", build_musicnn, family="pretrained"))
 register_model(
     ModelEntry("svm", ClassicSettings, "handcrafted", ClassicModel.from_settings, fitted=True, family="classic")
 )

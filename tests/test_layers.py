@@ -21,6 +21,7 @@ LAYERS = [  # top to bottom; a module may import its own layer (without cycles) 
             "datasets",
             "augment",
             "models",
+            "musicnn",
             "classic",
             "scores",
             "catalog",
