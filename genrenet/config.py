@@ -67,6 +67,9 @@ class DataConfig:
     cache_dir: str = "cache"
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes decoding audio into the store and reading batches
     on_error: Literal["skip", "fail"] = "skip"  # what an unreadable file does to a run
+    # skip stops anyway when more than this share of a split's files cannot be read (a manifest
+    # pointing at files that are gone); 1 goes on with whatever can be read
+    max_unreadable: float = Field(0.5, ge=0.0, le=1.0)
 
     _expand_home = field_validator("path", "cache_dir")(_home)
     _cache_dir_named = field_validator("cache_dir")(_named_folder("data.cache_dir", "cache"))
