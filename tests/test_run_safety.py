@@ -16,7 +16,7 @@ import torch
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
 from genrenet import cli, rundir
-from genrenet.checkpoint import load_checkpoint
+from genrenet.checkpoint import load_checkpoint, save_state
 from genrenet.config import from_dict
 from genrenet.errors import UserError
 from genrenet.training import resume, train
@@ -157,12 +157,12 @@ def test_damaged_checkpoints_are_one_line(tmp_path):
     good = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     for key in ("config", "labels", "model_state"):
         broken = {k: v for k, v in good.items() if k != key}
-        torch.save(broken, tmp_path / f"no_{key}.pt")
+        save_state(broken, tmp_path / f"no_{key}.pt")
         with pytest.raises(UserError, match=f"damaged checkpoint: '{key}' is missing"):
             load_checkpoint(tmp_path / f"no_{key}.pt")
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     last["training_state"].update(finished=False, optimizer={"state": "garbage"})
-    torch.save(last, tmp_path / "run" / "last.pt")
+    save_state(last, tmp_path / "run" / "last.pt")
     with pytest.raises(UserError, match="damaged training state"):
         resume(tmp_path / "run")
 
