@@ -121,8 +121,9 @@ def _read(path: Path):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if found or ("Weights only load failed" in str(error) and not zipfile.is_zipfile(path)):
+        refused = "Weights only load failed" in str(error)  # torch met something that is not plain data
+        found = re.search(r"GLOBAL ([\w.]+)", str(error)) if refused else None
+        if found or (refused and not zipfile.is_zipfile(path)):  # in an archive, no named object: damage
             what = f"the Python object '{found.group(1)}'" if found else "pickled Python objects"
             raise UserError(
                 f"{path}: refused: it holds {what}, which could run code when loaded; "
