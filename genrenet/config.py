@@ -42,6 +42,18 @@ def _home(value: str) -> str:
     return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
+def _named_folder(key: str, default: str):
+    """A validator refusing an empty folder setting: '' is the current folder to pathlib, which would
+    fill it with the run's or the store's files (--set data.cache_dir= wrote a hash-named folder there)."""
+
+    def check(value):
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"{key} is empty: name a folder (the default is {default}; '.' for the current one)")
+        return value
+
+    return check
+
+
 @dataclass(config=STRICT)
 class DataConfig:
     path: str = ""  # class folders, a CSV manifest, or a GTZAN root
@@ -55,8 +67,12 @@ class DataConfig:
     cache_dir: str = "cache"
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)  # processes decoding audio into the store and reading batches
     on_error: Literal["skip", "fail"] = "skip"  # what an unreadable file does to a run
+    # skip stops anyway when more than this share of a split's files cannot be read (a manifest
+    # pointing at files that are gone); 1 goes on with whatever can be read
+    max_unreadable: float = Field(0.5, ge=0.0, le=1.0)
 
     _expand_home = field_validator("path", "cache_dir")(_home)
+    _cache_dir_named = field_validator("cache_dir")(_named_folder("data.cache_dir", "cache"))
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -168,6 +184,7 @@ class RunConfig:
         return [value] if isinstance(value, str) else value
 
     _expand_home = field_validator("dir")(_home)
+    _dir_named = field_validator("dir")(_named_folder("run.dir", "runs/default"))
 
 
 @dataclass(config=STRICT)

@@ -134,24 +134,30 @@ def load_split(tracks: list[Track], labels: list[str], config: Config, name: str
     """
     features, failures = cached_features([t.path for t in tracks], config, desc=f"{name} features")
     if failures:
-        shown = [f"  - {reason}" for reason in list(failures.values())[:MAX_REPORTED]]
-        more = [f"  ... and {len(failures) - MAX_REPORTED} more"] if len(failures) > MAX_REPORTED else []
-        if config.data.on_error == "fail":
-            raise UserError(
-                f"{len(failures)} of {len(tracks)} {name} files could not be read (data.on_error=fail; "
-                f"set data.on_error=skip to leave them out), first: {list(failures.values())[0]}"
-            )
-        print(
-            "\n".join(
-                [f"warning: skipped {len(failures)} of {len(tracks)} {name} files that could not be read:"]
-                + shown
-                + more
-            ),
-            file=sys.stderr,
-        )
+        report_failures(failures, len(tracks), config.data, name)
     index = {label: i for i, label in enumerate(labels)}
     kept = [t for t in tracks if t.path not in failures]
     return SplitData(kept, features, [index[t.label] for t in kept])
+
+
+def report_failures(failures: dict[Path, str], total: int, data: DataConfig, name: str) -> None:
+    """Unreadable files of a split: a warning listing the first few, or one error line with
+    data.on_error=fail or past data.max_unreadable of the split (most of the data is not there)."""
+    reasons = list(failures.values())
+    count = f"{len(failures)} of {total} {name} files could not be read"
+    if data.on_error == "fail":
+        raise UserError(f"{count} (data.on_error=fail; set data.on_error=skip to leave them out), first: {reasons[0]}")
+    if len(failures) > data.max_unreadable * total:
+        others = "".join(f", {path}" for path in list(failures)[1:3])
+        raise UserError(
+            f"{count}, more than data.max_unreadable={data.max_unreadable:g} of them (first: {reasons[0]}{others}); "
+            f"check data.path, or add --set data.max_unreadable=1 to go on with the {total - len(failures)} "
+            "that can be read"
+        )
+    shown = [f"  - {reason}" for reason in reasons[:MAX_REPORTED]]
+    more = [f"  ... and {len(failures) - MAX_REPORTED} more"] if len(failures) > MAX_REPORTED else []
+    skipped = f"warning: skipped {len(failures)} of {total} {name} files that could not be read:"
+    print("\n".join([skipped] + shown + more), file=sys.stderr)
 
 
 class ClipDataset(torch.utils.data.Dataset):

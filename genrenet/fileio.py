@@ -15,8 +15,39 @@ def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file.
 
     Several processes may save the same path at once (runs sharing a feature cache): each writes its
-    own temp file, and the last rename wins with a whole file."""
-    atomic_write(path, lambda file: torch.save(obj, file))
+    own temp file, and the last rename wins with a whole file. A write that fails (a full disk) is
+    the OSError it was, not torch's RuntimeError."""
+    atomic_write(path, lambda file: torch_save(obj, file))
+
+
+def torch_save(obj, file) -> None:
+    """torch.save into an open file. torch's zip writer swallows the OSError of a failed write and
+    raises its own RuntimeError ("unexpected pos"), which says nothing of a full disk: that OSError
+    is raised instead."""
+    recorder = _WriteErrors(file)
+    try:
+        torch.save(obj, recorder)
+    except RuntimeError:
+        if recorder.error is not None:
+            raise recorder.error from None
+        raise
+
+
+class _WriteErrors:
+    """A file's write(), keeping the OSError it raised."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from genrenet.audio import AUDIO_EXTENSIONS
 from genrenet.classifier import Classifier
 from genrenet.errors import UserError, one_line
+from genrenet.runlock import OutputLock
 
 CSV_COLUMNS = ["file", "label", "probability", "top", "seconds", "error"]
 
@@ -60,10 +61,9 @@ def expand_inputs(items: list[str], files_from: str | None = None) -> list[Path]
 
 def predict_library(classifier: Classifier, paths: list[Path], options: PredictOptions) -> list[dict]:
     """Predict every path, writing each result as it comes; returns the results not written to a file."""
-    writer = ResultsFile(options.output, options.resume) if options.output else None
+    writer, vectors = open_outputs(options)
     done = writer.done if writer else set()
     todo = [p for p in paths if str(p) not in done]
-    vectors = EmbeddingsFile(options.embeddings, options.resume) if options.embeddings else None
     stats = options.stats
     stats.update(files=len(todo), failed=0, skipped=len(paths) - len(todo), seconds=0.0)
     kept, start = [], time.perf_counter()
@@ -95,8 +95,22 @@ def predict_library(classifier: Classifier, paths: list[Path], options: PredictO
         if writer:
             writer.close()
         if vectors:
-            vectors.save()
+            vectors.close()
     return kept
+
+
+def open_outputs(options: PredictOptions) -> tuple["ResultsFile | None", "EmbeddingsFile | None"]:
+    """The results and embeddings files, each locked for this process alone. The embeddings come
+    first, as they write nothing until the end: when the results file cannot be opened, their lock
+    is released again and no file was made."""
+    vectors = EmbeddingsFile(options.embeddings, options.resume) if options.embeddings else None
+    try:
+        writer = ResultsFile(options.output, options.resume) if options.output else None
+    except BaseException:
+        if vectors:
+            vectors.lock.release()
+        raise
+    return writer, vectors
 
 
 def format_prediction(result: dict) -> str:
@@ -120,16 +134,18 @@ class ResultsFile:
         self.path, self.csv = Path(path), Path(path).suffix.lower() == ".csv"
         if Path(path).suffix.lower() not in (".jsonl", ".csv"):
             raise UserError(f"--output {path}: give a .jsonl or .csv file")
-        if self.path.exists() and not resume:
-            raise UserError(f"{self.path} already exists; add --resume to continue it, or remove it")
-        self.done = self._read_done() if self.path.exists() else set()
-        try:
-            self.file = open(self.path, "a", newline="" if self.csv else None, encoding="utf-8")
-        except OSError as error:
-            raise UserError(f"--output {self.path}: cannot write ({error.strerror or error})") from None
-        self.rows = csv.DictWriter(self.file, CSV_COLUMNS) if self.csv else None
-        if self.csv and not self.done and self.file.tell() == 0:
-            self.rows.writeheader()
+        self.lock = OutputLock(self.path, "--output")  # two runs appending here would each write every row
+        with self.lock.opening():
+            if self.path.exists() and not resume:
+                raise UserError(f"{self.path} already exists; add --resume to continue it, or remove it")
+            self.done = self._read_done() if self.path.exists() else set()
+            try:
+                self.file = open(self.path, "a", newline="" if self.csv else None, encoding="utf-8")
+            except OSError as error:
+                raise UserError(f"--output {self.path}: cannot write ({error.strerror or error})") from None
+            self.rows = csv.DictWriter(self.file, CSV_COLUMNS) if self.csv else None
+            if self.csv and not self.done and self.file.tell() == 0:
+                self.rows.writeheader()
 
     def _read_done(self) -> set[str]:
         data = self.path.read_bytes()
@@ -152,7 +168,10 @@ class ResultsFile:
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        finally:
+            self.lock.release()
 
 
 def csv_row(result: dict) -> dict:
@@ -177,13 +196,22 @@ class EmbeddingsFile:
         if self.path.suffix != ".npy":
             raise UserError(f"--embeddings {path}: give a .npy file")
         self.files, self.vectors = [], []
-        if resume and self.path.exists() and self.index.exists():
-            self.files = json.loads(self.index.read_text())["files"]
-            self.vectors = list(np.load(self.path))
+        self.lock = OutputLock(self.path, "--embeddings")  # a second run would replace this one's rows
+        with self.lock.opening():
+            if resume and self.path.exists() and self.index.exists():
+                self.files = json.loads(self.index.read_text())["files"]
+                self.vectors = list(np.load(self.path))
 
     def add(self, file: str, vector: np.ndarray) -> None:
         self.files.append(file)
         self.vectors.append(vector.astype(np.float32))
+
+    def close(self) -> None:
+        """Save, then let another run have the file."""
+        try:
+            self.save()
+        finally:
+            self.lock.release()
 
     def save(self) -> None:
         if not self.vectors:

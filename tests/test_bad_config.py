@@ -445,3 +445,16 @@ def test_malicious_pickle_refusal_does_not_advise_weights_only_false(evil):
 @pytest.mark.parametrize("script", ["evaluate.py", "predict.py"])
 def test_malicious_raw_pickle_error_is_the_only_stderr_output(evil_subprocesses, script):
     assert_one_line_error(evil_subprocesses[script])
+
+
+@pytest.mark.parametrize("override", ["data.cache_dir=", "data.cache_dir= ", "run.dir="])
+def test_an_empty_folder_setting_is_refused(ws, tmp_path, monkeypatch, override):
+    """An empty folder is the current folder to pathlib: `--set data.cache_dir=` wrote the feature
+    store into a hash-named folder in the folder the command ran in."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config_dict(tmp_path, ws.ab))
+    key = override.split("=")[0]
+    assert_one_line_error(cli("train.py", "--config", cfg, "--set", override), f"{key} is empty: name a folder")
+    assert list(here.iterdir()) == [] and not (tmp_path / "run").exists()

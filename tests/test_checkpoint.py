@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, tiny_config, write_tone
+from genrenet import cli
 from genrenet.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from genrenet.config import from_dict, to_dict
 from genrenet.errors import UserError
@@ -182,3 +184,69 @@ def test_stored_config_is_validated(tmp_path):
     with pytest.raises(UserError, match="unknown key 'train.epochz'"):
         load_model(path)
     assert from_dict(to_dict(config)) == config
+
+
+def saved_model(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "data")
+    path = tmp_path / "run" / "best.pt"
+    save_checkpoint(
+        path,
+        model_state=trained_like_model(config).state_dict(),
+        config=to_dict(config),
+        labels=LABELS,
+        epoch=3,
+        metrics={},
+    )
+    return path
+
+
+def damaged_copies(path, step=1024, size=4096):
+    """Copies of `path` with `size` bytes of zeros, or of random bytes, written at every `step`."""
+    data, rng = path.read_bytes(), np.random.default_rng(0)
+    for kind in ("zeros", "random"):
+        for start in range(0, len(data) - size, step):
+            patch = bytes(size) if kind == "zeros" else rng.bytes(size)
+            copy = path.with_name(f"{kind}_{start}.pt")
+            copy.write_bytes(data[:start] + patch + data[start + size :])
+            yield copy
+
+
+def test_damage_anywhere_in_a_checkpoint_is_named_as_damage(tmp_path):
+    """4 KB of zeros inside best.pt loaded without notice, and random bytes were blamed on a
+    diverged run (NaN weights) or on pickled objects; each is damage now, wherever it lands."""
+    path = saved_model(tmp_path)
+    copies = list(damaged_copies(path))
+    assert len(copies) > 50  # the file is about 40 KB
+    for copy in copies:
+        with pytest.raises(UserError) as refused:
+            load_model(copy)
+        message = str(refused.value)
+        assert message.startswith(f"{copy}: damaged: the file changed after it was written"), message
+        assert message.endswith("use the run's other checkpoint (best.pt or last.pt) or train again")
+        assert "\n" not in message
+    load_model(path)  # the undamaged file loads
+
+
+def test_damaged_checkpoint_is_one_line_from_predict(tmp_path, capsys):
+    path = saved_model(tmp_path)
+    data = path.read_bytes()
+    middle = len(data) // 2
+    path.write_bytes(data[:middle] + bytes(4096) + data[middle + 4096 :])
+    song = write_tone(tmp_path / "song.wav")
+    assert cli.main(["predict", "--checkpoint", str(path), str(song)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {path}: damaged: the file changed after it was written (a disk, transfer or copy fault) "
+        "(its contents no longer match the checksum written with it); use the run's other checkpoint "
+        "(best.pt or last.pt) or train again"
+    ]
+
+
+def test_checkpoints_written_before_checksums_still_load(tmp_path):
+    path = saved_model(tmp_path)
+    state = torch.load(path, weights_only=True)
+    assert len(state.pop("sha256")) == 64
+    torch.save(state, tmp_path / "old.pt")  # what this version wrote before checksums
+    old = load_model(tmp_path / "old.pt")
+    for name, tensor in load_model(path).model.state_dict().items():
+        assert torch.equal(old.model.state_dict()[name], tensor)
+    assert "sha256" not in load_checkpoint(path)  # the checksum is the file's, not the caller's

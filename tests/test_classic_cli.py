@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import make_class_folder
-from genrenet.checkpoint import load_checkpoint
+from genrenet.checkpoint import load_checkpoint, save_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,9 +105,7 @@ def test_side_by_side_refuses_different_tracks(trained, tmp_path):
     # Another split seed for one model only means other test tracks: not comparable.
     state = load_checkpoint(runs["cnn"] / "best.pt")
     state["config"]["data"]["split_seed"] = 7
-    import torch
-
-    torch.save(state, tmp_path / "other_split.pt")
+    save_state(state, tmp_path / "other_split.pt")
     result = run("evaluate.py", "--checkpoint", runs["svm"] / "best.pt", "--checkpoint", tmp_path / "other_split.pt")
     assert result.returncode == 2
     assert "different tracks" in result.stderr and "Traceback" not in result.stderr
@@ -127,7 +125,7 @@ def test_tampered_classic_model_is_refused(trained, tmp_path):
     evil = skops.io.dumps(Pipeline([("scale", FunctionTransformer(func=os.system, kw_args={"command": "true"}))]))
     state["model_state"]["sklearn"] = torch.frombuffer(bytearray(evil), dtype=torch.uint8)
     path = tmp_path / "evil.pt"
-    torch.save(state, path)
+    save_state(state, path)
     result = run("evaluate.py", "--checkpoint", path)
     assert result.returncode == 2
     assert "refusing to load classic model" in result.stderr and "Traceback" not in result.stderr
@@ -180,7 +178,7 @@ def test_damaged_classic_model_is_one_clear_line(trained, tmp_path, damage):
         else blob[: len(blob) // 2].clone()
     )
     path = tmp_path / f"{damage}.pt"
-    torch.save(state, path)
+    save_state(state, path)
     with pytest.raises(UserError) as caught:
         load_model(path)
     message = str(caught.value)

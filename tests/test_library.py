@@ -3,11 +3,13 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import class_signal, make_class_folder, tiny_config_dict, write_audio
+from conftest import REPO_ROOT, class_signal, make_class_folder, tiny_config_dict, write_audio
 from genrenet import cli
 from genrenet.config import from_dict
 from genrenet.training import train
@@ -119,3 +121,43 @@ def test_option_mistakes_are_usage_errors(checkpoint, args, message, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["predict", "--checkpoint", checkpoint, *args] + (["x.wav"] if args else []))
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+HOLD_OUTPUTS = """
+import sys, time
+from genrenet.prediction import EmbeddingsFile, ResultsFile
+held = ResultsFile(sys.argv[1], True), EmbeddingsFile(sys.argv[2], True)  # what a predict run holds while it writes
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_predict_on_one_output_is_refused_while_the_first_runs(checkpoint, library, tmp_path, capsys):
+    folder, files = library
+    output, embeddings = tmp_path / "results.jsonl", tmp_path / "emb.npy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUTPUTS, output, embeddings], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        for args, taken in (
+            (["--output", output, "--resume", "--embeddings", tmp_path / "other.npy"], output),
+            (["--output", tmp_path / "other.jsonl", "--embeddings", embeddings], embeddings),
+        ):
+            assert predict("--checkpoint", checkpoint, folder, *args) == 2
+            [line] = capsys.readouterr().err.splitlines()
+            assert f"{taken} is in use by another genrenet predict (pid {holder.pid} " in line
+        assert output.read_bytes() == b"" and not embeddings.exists()  # the refused runs wrote nothing
+        assert not (tmp_path / "other.jsonl").exists()  # nor made the output they could open
+    finally:
+        holder.kill()  # killed, not ended: its locks stay behind, as after kill -9
+        holder.wait()
+    both = ["--output", output, "--resume", "--embeddings", embeddings]
+    assert predict("--checkpoint", checkpoint, folder, *both) == 1  # the one broken file
+    err = capsys.readouterr().err
+    for taken in (output, embeddings):
+        assert f"taking over {taken}: its previous genrenet predict (pid {holder.pid} " in err
+    assert predict("--checkpoint", checkpoint, folder, "--output", output, "--resume") == 0  # nothing runs twice
+    assert sorted(json.loads(line)["file"] for line in output.read_text().splitlines()) == sorted(map(str, files))
+    assert json.loads((tmp_path / "emb.json").read_text())["files"] == [str(f) for f in files if f.name != "broken.wav"]
+    assert not list(tmp_path.glob(".*.lock"))

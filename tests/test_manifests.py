@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 from test_datasets import touch_audio
 
-from genrenet.config import DataConfig
+from conftest import CLASSES, make_class_folder, tiny_config_dict
+from genrenet.config import DataConfig, from_dict
 from genrenet.datasets import find_tracks, split_tracks
 from genrenet.errors import UserError
+from genrenet.training import train
 
 
 def manifest_of(tmp_path, *rows: str, header: str = "path,label") -> Path:
@@ -92,3 +94,32 @@ def test_tilde_in_manifest_paths_is_the_home_folder(tmp_path, monkeypatch):
     assert [t.path for t in tracks] == [tmp_path / "a.wav", tmp_path / "b.wav"]
     cfg = DataConfig(path="~/lists/m.csv", valid_fraction=0.0, test_fraction=0.0)
     assert len(split_tracks(tracks, cfg)["train"]) == 2
+
+
+def test_a_manifest_whose_files_are_mostly_gone_stops_unless_asked_to_go_on(tmp_path, capsys):
+    """5,000 missing rows and 20 present once trained on 12 tracks with exit 0. Here 30 training
+    rows name files that are gone and 9 are there: past data.max_unreadable (half) of a split, one line."""
+    data = make_class_folder(tmp_path / "data", per_class=4, seconds=1.0)
+    present = [
+        f"{wav},{wav.parent.name},{'valid' if wav.stem.endswith('3') else 'train'}" for wav in data.rglob("*.wav")
+    ]
+    gone = [f"gone/missing_{i:02d}.wav,{CLASSES[i % 3]},train" for i in range(30)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(["path,label,split", *present, *gone]) + "\n")
+    raw = tiny_config_dict(tmp_path, manifest, train={"epochs": 1})
+    config = from_dict(raw)
+    train_tracks = split_tracks(find_tracks(config.data), config.data)["train"]
+    missing = [t.path for t in train_tracks if not t.path.exists()]
+    assert (len(missing), len(train_tracks)) == (30, 39)
+    with pytest.raises(UserError) as stopped:
+        train(config)
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith(f"{len(missing)} of {len(train_tracks)} train files could not")
+    assert "more than data.max_unreadable=0.5" in message and "--set data.max_unreadable=1" in message
+    assert str(missing[0]) in message and str(missing[2]) in message  # a few names
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+    raw["data"]["max_unreadable"] = 1.0  # asked to go on: trains on what is there, with the warning
+    train(from_dict(raw))
+    assert f"warning: skipped {len(missing)} of {len(train_tracks)} train files" in capsys.readouterr().err
+    assert (tmp_path / "run" / "best.pt").exists()

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import CLASSES, REPO_ROOT, class_signal, tiny_config, tiny_config_dict, write_audio, write_config
-from genrenet.checkpoint import load_checkpoint
+from genrenet.checkpoint import load_checkpoint, save_state
 from genrenet.config import crop_frames, from_dict
 from genrenet.scores import clip_log_probs, window_starts
 from genrenet.training import build_scheduler
@@ -257,6 +257,6 @@ def test_a_fold_trained_before_new_config_keys_existed_is_kept(fold_data, tmp_pa
     state = torch.load(last, weights_only=True)
     for key in ("log", "plots"):
         state["config"]["run"].pop(key)
-    torch.save(state, last)
+    save_state(state, last)
     summary = cross_validate(from_dict(raw), folds=[1, 2])
     assert [row["fold"] for row in summary["folds"]] == [1, 2]

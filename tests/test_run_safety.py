@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
-from genrenet import rundir
-from genrenet.checkpoint import load_checkpoint
+from genrenet import cli, rundir
+from genrenet.checkpoint import load_checkpoint, save_state
 from genrenet.config import from_dict
 from genrenet.errors import UserError
 from genrenet.training import resume, train
@@ -128,6 +128,28 @@ def test_a_full_disk_is_one_line_that_says_how_to_resume(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # the last good checkpoint is kept
 
 
+def test_a_file_size_limit_hit_by_torch_save_is_one_line_that_says_how_to_resume(tmp_path, capsys):
+    """A real failed write, not a stand-in: a file size limit that best.pt (39 KB) and the feature
+    shards fit under and last.pt with its optimizer state (109 KB) does not. torch.save hit it as a
+    full disk and reported RuntimeError 'unexpected pos', a traceback."""
+    resource = pytest.importorskip("resource")
+    data = make_class_folder(tmp_path / "data", per_class=6, seconds=1.0)
+    config_file = write_config(tmp_path / "cfg.yaml", tiny_config_dict(tmp_path, data, train={"epochs": 2}))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (80_000, hard))  # Python ignores SIGXFSZ: the write fails, EFBIG
+    try:
+        code = cli.main(["train", "--config", str(config_file), "--quiet"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    run = tmp_path / "run"
+    [line] = capsys.readouterr().err.splitlines()
+    assert code == 2 and line.startswith("error: could not write ") and "(File too large)" in line
+    assert f"free space in {run}, then continue with: python train.py --resume {run}" in line
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
+    resume(run)  # with room again, the run goes on as the line said
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def test_damaged_checkpoints_are_one_line(tmp_path):
     data = make_class_folder(tmp_path / "data", per_class=6, seconds=1.0)
     raw = tiny_config_dict(tmp_path, data, train={"epochs": 2})
@@ -135,12 +157,12 @@ def test_damaged_checkpoints_are_one_line(tmp_path):
     good = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     for key in ("config", "labels", "model_state"):
         broken = {k: v for k, v in good.items() if k != key}
-        torch.save(broken, tmp_path / f"no_{key}.pt")
+        save_state(broken, tmp_path / f"no_{key}.pt")
         with pytest.raises(UserError, match=f"damaged checkpoint: '{key}' is missing"):
             load_checkpoint(tmp_path / f"no_{key}.pt")
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     last["training_state"].update(finished=False, optimizer={"state": "garbage"})
-    torch.save(last, tmp_path / "run" / "last.pt")
+    save_state(last, tmp_path / "run" / "last.pt")
     with pytest.raises(UserError, match="damaged training state"):
         resume(tmp_path / "run")
 

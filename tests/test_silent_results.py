@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config, write_garbage
+from genrenet.checkpoint import save_state
 from genrenet.config import from_dict
 from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
@@ -84,7 +85,7 @@ def test_resume_refuses_when_recorded_training_files_are_gone(tmp_path):
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     last["training_state"]["finished"] = False  # as if killed after epoch 1
     last["training_state"]["epoch"] = 2
-    torch.save(last, tmp_path / "run" / "last.pt")
+    save_state(last, tmp_path / "run" / "last.pt")
     recorded = json.loads((tmp_path / "run" / "split.json").read_text())
     (data / recorded["tracks"]["train"][0]["id"]).unlink()
     with pytest.raises(UserError, match="cannot continue the run on other data: of the .* train tracks recorded"):
@@ -120,7 +121,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(trained_run, tmp_path):
     name = next(k for k, v in state["model_state"].items() if torch.is_floating_point(v))
     state["model_state"][name] = torch.full_like(state["model_state"][name], float("nan"))
     broken = tmp_path / "nan.pt"
-    torch.save(state, broken)
+    save_state(state, broken)
     for script, args in (
         ("evaluate.py", ["--checkpoint", broken]),
         ("predict.py", ["--checkpoint", broken, next(data.rglob("*.wav"))]),
