@@ -1,7 +1,7 @@
 """A trained model as a Python object: `Classifier.load(checkpoint).predict("song.mp3")`.
 
 The command line's prediction is built on this class, so a notebook and `genrenet predict` give
-the same numbers. Files are decoded by the audio stage (genrenet.cache.compute_features); an
+the same numbers. Files are decoded by the audio stage (genrenet.cache.iter_feature_batches); an
 array goes through the very same decode, by way of a temporary WAV file, so peak normalization,
 clip cutting and resampling cannot drift apart between the two.
 
