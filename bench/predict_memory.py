@@ -1,25 +1,29 @@
-"""Peak memory of predict.py on a 3-minute and a 3-hour file: a file of any length is decoded in
-blocks, so the long one must not need more than `--limit` (1.2) times the short one's peak RSS.
+"""Peak memory of predict.py on short and long files with the shipped configs: a file of any length
+is decoded and scored a batch of clips at a time, so a long file must not need more than `--limit`
+(1.2) times a short file's peak RSS.
 
-    python bench/predict_memory.py                 # 3 min vs 3 h of 44.1 kHz stereo (1.9 GB of WAV in /tmp)
-    python bench/predict_memory.py --hours 0.5     # a quicker look
+    python bench/predict_memory.py                          # demo and gtzan: 3 min, 3 h and 10 h
+    python bench/predict_memory.py --lengths 3m 1h          # a quicker look
+    python bench/predict_memory.py --repeats 3              # the README's figures: medians of 3
 
-Both files are generated here (the long one written a minute at a time, so generating it is bounded
-too), scored by an untrained tiny CNN (memory does not depend on what the weights learned; a small
-model with 16 mel bands keeps 3 hours of CNN work to a few minutes on 2 cores), each by its own
-`python predict.py --checkpoint tiny.pt FILE`, whose peak RSS is read with os.wait4. Prints both
-peaks and their ratio; exits 1 when the ratio is above --limit. Everything generated is deleted
-unless --keep. Run it from the repository root.
+For each config (a name of the shipped configs, or a YAML file) it saves an untrained model of
+that config (its audio, feature and model settings: memory does not depend on what the weights
+learned) and runs `python predict.py --checkpoint CONFIG.pt FILE` on generated 44.1 kHz 16-bit
+stereo WAV files of each length, each run a fresh process whose peak RSS is read with os.wait4.
+Prints the median peak of --repeats runs per file, each long file's ratio to the shortest one, and
+exits 1 when a ratio is above --limit.
 
-Measured on 2 CPU cores (nothing else running): 3 min 836 MiB, 3 h 836 MiB, ratio 1.00 (most of
-either is importing torch: about 680 MiB); predict.py took 8 s and 49 s, the whole bench 1.8
-minutes (51 s of it writing the 1.9 GB file). Before decoding in blocks, 10 minutes of audio took
-1.46 GB.
+The files are written lazily: each minute opens with a few seconds of a tone with noise and the rest
+is silence left as a hole in a sparse file, so a 10-hour file (6.4 GB, an RF64 WAV past 4 GiB)
+takes about 0.5 GB of disk and a minute to write. Its decoder reads every sample all the same.
+Everything generated is deleted unless --keep. Run it from the repository root.
 """
 
 import argparse
 import os
 import shutil
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,75 +31,104 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from genrenet.checkpoint import save_checkpoint  # noqa: E402
-from genrenet.config import from_dict, to_dict  # noqa: E402
+from genrenet.config import load_config, to_dict, with_changes  # noqa: E402
 from genrenet.registry import build_model  # noqa: E402
 
-RATE, CHANNELS = 44100, 2
-LABELS = ["blues", "metal", "reggae"]
+RATE, CHANNELS, SAMPLE_BYTES = 44100, 2, 2
+SOUND_SECONDS = 5  # of every minute; the rest is a hole in the file
+CLASSES = {"demo": 7, "gtzan": 10}  # label counts of the shipped data sets; other configs get 10
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def seconds_of(length: str) -> float:
+    """'3m', '3h', '90s' or a bare number of seconds."""
+    unit = length[-1] if length[-1] in UNITS else "s"
+    return float(length.rstrip("smh")) * UNITS[unit]
+
+
+def wav_header(frames: int) -> bytes:
+    """A 16-bit PCM WAV header for `frames` frames; RF64 (WAV's 64-bit form) past RIFF's 4 GiB."""
+    data = frames * CHANNELS * SAMPLE_BYTES
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, CHANNELS, RATE, RATE * CHANNELS * SAMPLE_BYTES, 4, 16)
+    if data + 36 < 2**32:
+        return struct.pack("<4sI4s", b"RIFF", 36 + data, b"WAVE") + fmt + struct.pack("<4sI", b"data", data)
+    ds64 = struct.pack("<4sIQQQI", b"ds64", 28, 72 + data, data, frames, 0)
+    return struct.pack("<4sI4s", b"RF64", 0xFFFFFFFF, b"WAVE") + ds64 + fmt + struct.pack("<4sI", b"data", 0xFFFFFFFF)
 
 
 def write_music(path: Path, seconds: float, seed: int = 0) -> Path:
-    """A tone with noise, 16-bit stereo WAV, written a minute at a time."""
+    """A sparse 44.1 kHz stereo WAV: SOUND_SECONDS of a tone with noise opening each minute (a new
+    pitch each minute), silence between them written as holes."""
     rng = np.random.default_rng(seed)
-    with soundfile.SoundFile(path, "w", samplerate=RATE, channels=CHANNELS, subtype="PCM_16") as out:
-        written, total = 0, round(seconds * RATE)
-        while written < total:
-            n = min(60 * RATE, total - written)
-            t = (written + np.arange(n)) / RATE
-            mono = 0.3 * np.sin(2 * np.pi * (220 + 20 * (written // (60 * RATE))) * t)
+    frames = round(seconds * RATE)
+    header = wav_header(frames)
+    with open(path, "wb") as out:
+        out.write(header)
+        for minute, start in enumerate(range(0, frames, 60 * RATE)):
+            n = min(SOUND_SECONDS * RATE, frames - start)
+            t = np.arange(n) / RATE
+            mono = 0.3 * np.sin(2 * np.pi * (220 + 20 * (minute % 40)) * t)
             block = mono[:, None] + 0.05 * rng.standard_normal((n, CHANNELS))
-            out.write(block.astype(np.float32))
-            written += n
+            out.seek(len(header) + start * CHANNELS * SAMPLE_BYTES)
+            out.write((np.clip(block, -1, 1) * 32767).astype("<i2").tobytes())
+        out.truncate(len(header) + frames * CHANNELS * SAMPLE_BYTES)
     return path
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    config = from_dict(
-        {
-            "data": {"path": str(folder)},
-            "audio": {"sample_rate": 8000, "clip_seconds": 3.0, "hop_seconds": 3.0},
-            "features": {"n_fft": 512, "hop_length": 256, "n_mels": 16},
-            "model": {"width": 4, "dropout": 0.0},
-            "train": {"device": "cpu"},
-            "run": {"dir": str(folder / "run")},
-        },
-        source="bench",
-    )
-    model = build_model(config, len(LABELS))
-    path = folder / "tiny.pt"
-    save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config), labels=LABELS, epoch=0, metrics={})
+def untrained_checkpoint(name: str, folder: Path) -> Path:
+    """An untrained model of a config, saved as a checkpoint predict.py loads."""
+    config = load_config(name)
+    config = with_changes(config, data={"path": str(folder)}, train={"device": "cpu"}, run={"dir": str(folder)})
+    labels = [f"class{i}" for i in range(CLASSES.get(Path(name).stem, 10))]
+    model = build_model(config, len(labels))
+    path = folder / f"{Path(name).stem}.pt"
+    save_checkpoint(path, model_state=model.state_dict(), config=to_dict(config), labels=labels, epoch=0, metrics={})
     return path
 
 
-def predict_peak_rss(checkpoint: Path, audio: Path) -> tuple[int, float, str]:
-    """(peak RSS in bytes, seconds, stdout) of one `python predict.py` run."""
+def predict_peak_rss(checkpoint: Path, audio: Path, workers: int) -> tuple[int, float]:
+    """(peak RSS in bytes, seconds) of one `python predict.py` run, in a process of its own."""
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "predict.py", "--checkpoint", str(checkpoint), str(audio)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stdout, stderr = process.stdout.read(), process.stderr.read()  # small: top-k lines only
+    command = [sys.executable, "predict.py", "--checkpoint", str(checkpoint), str(audio), "--workers", str(workers)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()  # small: warnings and errors only
     _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"predict.py failed on {audio} ({process.returncode}): {stderr.strip()[-2000:]}")
-    return usage.ru_maxrss * 1024, time.perf_counter() - start, stdout  # ru_maxrss is in KiB on Linux
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"predict.py failed on {audio}: {stderr.strip()[-2000:]}")
+    return usage.ru_maxrss * 1024, time.perf_counter() - start  # ru_maxrss is in KiB on Linux
+
+
+def measure(configs: list[str], files: dict, folder: Path, args) -> bool:
+    """Prints one row per config and file length; False when a long file's ratio is above the limit."""
+    within = True
+    for name in configs:
+        checkpoint = untrained_checkpoint(name, folder)
+        peaks = {}
+        for length, path in files.items():
+            runs = [predict_peak_rss(checkpoint, path, args.workers) for _ in range(args.repeats)]
+            peaks[length] = statistics.median(peak for peak, _ in runs)
+            ratio = peaks[length] / peaks[args.lengths[0]]
+            within &= ratio <= args.limit
+            print(
+                f"{Path(name).stem:>8} {length:>5}: peak RSS {peaks[length] / 2**20:7.1f} MiB  ratio {ratio:5.3f}   "
+                f"predict.py {statistics.median(seconds for _, seconds in runs):6.1f} s",
+                flush=True,
+            )
+    return within
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--short-minutes", type=float, default=3.0)
-    parser.add_argument("--hours", type=float, default=3.0, help="length of the long file (default 3)")
-    parser.add_argument("--limit", type=float, default=1.2, help="largest allowed long/short peak RSS ratio")
+    parser.add_argument("--configs", nargs="+", default=["demo", "gtzan"], help="shipped config names or YAML files")
+    parser.add_argument("--lengths", nargs="+", default=["3m", "3h", "10h"], help="file lengths; the first is the base")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per file and config; medians are printed")
+    parser.add_argument("--workers", type=int, default=0, help="predict.py --workers (default 0)")
+    parser.add_argument("--limit", type=float, default=1.2, help="largest allowed ratio of a long file's peak RSS")
     parser.add_argument("--dir", default=None, help="where to write the files (default: a new folder in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args()
@@ -104,26 +137,11 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     try:
         began = time.perf_counter()
-        checkpoint = tiny_checkpoint(folder)
-        short = write_music(folder / "short.wav", args.short_minutes * 60)
-        long = write_music(folder / "long.wav", args.hours * 3600, seed=1)
-        print(
-            f"generated {short.stat().st_size / 1e6:.0f} MB and {long.stat().st_size / 1e9:.2f} GB of "
-            f"{RATE} Hz stereo WAV in {time.perf_counter() - began:.0f} s",
-            flush=True,
-        )
-        rows = []
-        for name, path in [(f"{args.short_minutes:g} min", short), (f"{args.hours:g} h", long)]:
-            peak, seconds, stdout = predict_peak_rss(checkpoint, path)
-            rows.append(peak)
-            top = stdout.splitlines()[1].strip() if len(stdout.splitlines()) > 1 else "?"
-            print(
-                f"{name:>8}: peak RSS {peak / 2**20:7.1f} MiB   predict.py took {seconds:6.1f} s   (top: {top})",
-                flush=True,
-            )
-        ratio = rows[1] / rows[0]
-        print(f"ratio {ratio:.3f} (limit {args.limit}); whole bench {time.perf_counter() - began:.0f} s")
-        return 0 if ratio <= args.limit else 1
+        files = {n: write_music(folder / f"{n}.wav", seconds_of(n), seed=i) for i, n in enumerate(args.lengths)}
+        print(f"wrote {len(files)} files in {time.perf_counter() - began:.0f} s ({RATE} Hz stereo WAV)", flush=True)
+        within = measure(args.configs, files, folder, args)
+        print(f"limit {args.limit}; whole bench {time.perf_counter() - began:.0f} s")
+        return 0 if within else 1
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -1,14 +1,18 @@
 """A trained model as a Python object: `Classifier.load(checkpoint).predict("song.mp3")`.
 
 The command line's prediction is built on this class, so a notebook and `genrenet predict` give
-the same numbers. Files are decoded by the audio stage (genrenet.cache.compute_features); an
+the same numbers. Files are decoded by the audio stage (genrenet.cache.iter_feature_batches); an
 array goes through the very same decode, by way of a temporary WAV file, so peak normalization,
 clip cutting and resampling cannot drift apart between the two.
 
-Many files: predict_many decodes and computes features in DataLoader worker processes and scores
-the clips of several files in one forward pass.
+Many files: predict_many decodes and computes features in DataLoader worker processes, a batch of
+clips at a time, and scores the clips of several files in one forward pass, which gives both the
+scores and the embeddings. No file's features are held whole, so a file of any length is scored
+in bounded memory.
 """
 
+import contextlib
+import functools
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -18,21 +22,25 @@ import numpy as np
 import soundfile
 import torch
 
-from genrenet.cache import compute_features, feature_extractor, one_thread
+from genrenet.cache import compute_features, feature_extractor, iter_feature_batches, one_thread
 from genrenet.config import crop_frames
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
-from genrenet.scores import clip_log_probs, per_file, track_log_probs
+from genrenet.scores import ClipStream, clip_outputs, track_log_probs
 from genrenet.trained import load_model
 
-CLIPS_PER_FORWARD = 256  # clips scored in one forward pass; several files' worth for ordinary tracks
+# Clips scored in one forward pass: several files' worth for ordinary tracks. On the CPU a pass over
+# 256 demo-config clips held about 250 MB of activations more than one over 64, for the same clips/s.
+CLIPS_PER_FORWARD = {"cpu": 64, "cuda": 256}
+PIECES_AHEAD = 8  # batches of clips each decoding worker may have ready ahead of the forward passes
 
 
 class Classifier:
     """A checkpoint's model with its preprocessing: audio in, labels with probabilities out."""
 
-    def __init__(self, trained, device: torch.device):
+    def __init__(self, trained, device: torch.device, clips_per_forward: int | None = None):
         self.trained, self.device = trained, device
+        self.clips_per_forward = clips_per_forward or CLIPS_PER_FORWARD.get(device.type, CLIPS_PER_FORWARD["cuda"])
         self.extractor = feature_extractor(trained.config)
 
     @classmethod
@@ -57,28 +65,35 @@ class Classifier:
     def features(self, item, sample_rate: int | None = None) -> torch.Tensor:
         """The model's features of every clip of a file path, or of an array [samples] or
         [samples, channels] of floats in [-1, 1] at sample_rate."""
+        with self._as_file(item, sample_rate) as path:
+            return compute_features(path, self.config, self.extractor)
+
+    @contextlib.contextmanager
+    def _as_file(self, item, sample_rate: int | None) -> Iterator[Path]:
+        """A path as it is; an array written to a temporary WAV file, so that it goes through the
+        file path's decode byte for byte."""
         if isinstance(item, (str, Path)):
             if sample_rate is not None:
                 raise UserError("sample_rate is for arrays; a file's rate is read from the file")
-            return compute_features(Path(item), self.config, self.extractor)
+            yield Path(item)
+            return
         if sample_rate is None:
             raise UserError("an array needs its sample_rate, e.g. predict(samples, sample_rate=44100)")
         samples = np.asarray(item.detach().cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
         if samples.ndim not in (1, 2) or samples.size == 0:
             raise UserError(f"expected audio samples [samples] or [samples, channels], got shape {samples.shape}")
-        with tempfile.TemporaryDirectory() as folder:  # the file path's decode, byte for byte
+        with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "array.wav"
             soundfile.write(path, samples, int(sample_rate), subtype="FLOAT")
-            return compute_features(path, self.config, self.extractor)
+            yield path
 
     def predict(
         self, item, sample_rate: int | None = None, top_k: int = 3, clips: bool = False, sections: dict | None = None
     ) -> dict:
         """{"top": [{"label", "probability"}, ...], "seconds": ...} for one path or array; clips=True
         adds every clip's decision, sections={"smooth": 3, "min_seconds": 0} the merged sections."""
-        features = self.features(item, sample_rate)
-        [scores] = self.clip_scores([features])
-        result = describe(scores, self.labels, self.config.audio, top_k, clips, sections)
+        scores = self._one_file(item, sample_rate, embeddings=False)
+        result = describe(scores.log_probs(), self.labels, self.config.audio, top_k, clips, sections)
         return {"file": str(item), **result} if isinstance(item, (str, Path)) else result
 
     def predict_many(
@@ -89,81 +104,144 @@ class Classifier:
         clips: bool = False,
         sections: dict | None = None,
         embeddings: bool = False,
-        files_per_batch: int = 16,
     ) -> Iterator[dict]:
-        """One result per path, in order, as predict gives them, plus {"embedding": numpy} when asked.
-        A file that cannot be read yields {"file", "error"} and the others go on."""
-        for batch in self._batches([Path(p) for p in paths], workers, files_per_batch):
-            good = [row for row in batch if row["features"] is not None]
-            scores = iter(self.clip_scores([row["features"] for row in good]))
-            vectors = iter(self.clip_embeddings([row["features"] for row in good]) if embeddings else ())
-            for row in batch:
-                if row["features"] is None:
-                    yield {"file": str(row["path"]), "error": row["error"]}
-                    continue
-                result = {
-                    "file": str(row["path"]),
-                    **describe(next(scores), self.labels, self.config.audio, top_k, clips, sections),
-                }
-                if embeddings:
-                    result["embedding"] = next(vectors).mean(dim=0).numpy()
-                yield result
+        """One result per path, in order, as predict gives them, plus {"embedding": numpy} when asked
+        (from the same forward passes as the scores). A file that cannot be read yields
+        {"file", "error"} and the others go on."""
+        for path, scores, error in self._scored([Path(p) for p in paths], workers, embeddings):
+            if error is not None:
+                yield {"file": str(path), "error": str(error)}
+                continue
+            result = {
+                "file": str(path),
+                **describe(scores.log_probs(), self.labels, self.config.audio, top_k, clips, sections),
+            }
+            if embeddings:
+                result["embedding"] = scores.mean_embedding()
+            yield result
 
     def embed(self, item, sample_rate: int | None = None, per_clip: bool = False):
         """The model's embedding of a path or array: the mean over its clips, a numpy vector; with
         per_clip=True, (that vector, [clips, dim] array)."""
-        [vectors] = self.clip_embeddings([self.features(item, sample_rate)])
-        track = vectors.mean(dim=0).numpy()
-        return (track, vectors.numpy()) if per_clip else track
+        scores = self._one_file(item, sample_rate, embeddings="per_clip" if per_clip else True)
+        track = scores.mean_embedding()
+        return (track, scores.clip_embeddings()) if per_clip else track
 
-    def clip_scores(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per file, [clips, classes] log-probabilities; all files' clips share forward passes."""
-        return clip_log_probs(
-            self.trained.model, features, self.device, batch_size=CLIPS_PER_FORWARD, window=crop_frames(self.config)
+    def _one_file(self, item, sample_rate: int | None, embeddings) -> "_FileScores":
+        with self._as_file(item, sample_rate) as path:
+            [(_, scores, error)] = self._scored([path], 0, embeddings)
+        if error is not None:
+            raise error
+        return scores
+
+    def _scored(self, paths: list[Path], workers: int, embeddings) -> Iterator[tuple]:
+        """(path, _FileScores, None) or (path, None, the error) for each path, in order. Files are
+        decoded a batch of clips at a time and scored as the batches come, several files sharing a
+        forward pass, so no file's features are ever held whole (a 3-hour mix took 700 MB more
+        than a song when they were). embeddings: False, True (their sum) or "per_clip" (all kept)."""
+        stream = ClipStream(self.clips_per_forward, functools.partial(self._forward, embeddings=bool(embeddings)))
+        files, finished, turn = {}, {}, 0
+        for number, value in stream.scored(self._pieces(paths, workers)):
+            if isinstance(value, tuple):
+                files.setdefault(number, _FileScores(embeddings == "per_clip")).add(*value)
+                continue
+            scores = files.pop(number, None)  # value: None at a file's end, or why it failed
+            finished[number] = (None, value) if value is not None else (scores, None)
+            while turn in finished:  # in order: a file done before those ahead of it waits
+                yield paths[turn], *finished.pop(turn)
+                turn += 1
+
+    def _forward(self, batch: torch.Tensor, embeddings: bool) -> tuple:
+        log_probs, vectors = clip_outputs(
+            self.trained.model, batch, self.device, window=crop_frames(self.config), embedding=embeddings
         )
-
-    def clip_embeddings(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per file, [clips, dim] embeddings on the CPU (whole clips: the CNNs pool over time)."""
-        return per_file(features, CLIPS_PER_FORWARD, self._embedding)
-
-    def _embedding(self, batch: torch.Tensor) -> torch.Tensor:
-        output = self.trained.model(batch.to(self.device))
-        if "embedding" not in output:
+        if embeddings and vectors is None:
             raise UserError(f"model '{self.config.model.name}' has no embedding (only the CNNs have one)")
-        return output["embedding"].float().cpu()
+        return log_probs, vectors
 
-    def _batches(self, paths: list[Path], workers: int, files_per_batch: int) -> Iterator[list[dict]]:
+    def _pieces(self, paths: list[Path], workers: int) -> Iterator[tuple]:
         loader = torch.utils.data.DataLoader(
-            _Decode(paths, self.config, self.extractor),
-            batch_size=files_per_batch,
+            _Pieces(paths, self.config, self.extractor),
+            batch_size=None,
             num_workers=workers,
-            collate_fn=list,
             worker_init_fn=one_thread,
             pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if workers else None,
+            prefetch_factor=PIECES_AHEAD if workers else None,
             persistent_workers=False,
         )
         yield from loader
 
 
-class _Decode(torch.utils.data.Dataset):
-    """Files to decode into features; a Dataset so that DataLoader workers do the decoding."""
+class _Pieces(torch.utils.data.IterableDataset):
+    """Files decoded into features a batch of clips at a time: (file number, features [n, ...]) for
+    each batch, then (file number, None) at its end, or (file number, error) when it cannot be
+    read. With DataLoader workers, worker w of W decodes files w, w + W, w + 2W, ..."""
 
     def __init__(self, paths: list[Path], config, extractor):
         self.paths, self.config, self.extractor = paths, config, extractor
 
-    def __len__(self):
-        return len(self.paths)
+    def __iter__(self) -> Iterator[tuple]:
+        worker = torch.utils.data.get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker else (0, 1)
+        for number in range(first, len(self.paths), step):
+            path = self.paths[number]
+            try:
+                for features in iter_feature_batches(path, self.config, self.extractor):
+                    yield number, features
+            except UserError as error:  # one bad file is one error row, never a stopped library
+                yield number, error
+                continue
+            except MemoryError:
+                yield number, UserError(f"{path}: not enough memory to compute its features")
+                continue
+            yield number, None
 
-    def __getitem__(self, i):
-        row = {"path": self.paths[i], "features": None, "error": None}
-        try:
-            row["features"] = compute_features(self.paths[i], self.config, self.extractor)
-        except UserError as error:  # one bad file is one error row, never a stopped library
-            row["error"] = str(error)
-        except MemoryError:
-            row["error"] = f"{self.paths[i]}: not enough memory to compute its features"
-        return row
+
+class _FileScores:
+    """One file's clip outputs as they come: its log-probabilities [clips, classes] (a small table
+    that sections and clips need whole), the sum of its embeddings, and with keep_clips each clip's
+    embedding. Rows go into buffers that double when full: one small tensor kept per batch would
+    sit between large freed buffers in the allocator's heap (see scores.per_file)."""
+
+    def __init__(self, keep_clips: bool = False):
+        self.scores, self.clips = _Rows(), _Rows() if keep_clips else None
+        self.embedding_sum: torch.Tensor | None = None
+
+    def add(self, log_probs: torch.Tensor, vectors: torch.Tensor | None) -> None:
+        self.scores.add(log_probs)
+        if vectors is not None:
+            total = vectors.double().sum(dim=0)
+            self.embedding_sum = total if self.embedding_sum is None else self.embedding_sum + total
+            if self.clips is not None:
+                self.clips.add(vectors)
+
+    def log_probs(self) -> torch.Tensor:
+        return self.scores.all()
+
+    def mean_embedding(self) -> np.ndarray:
+        return (self.embedding_sum / len(self.scores.all())).float().numpy()
+
+    def clip_embeddings(self) -> np.ndarray:
+        return self.clips.all().numpy()
+
+
+class _Rows:
+    """Rows [n, ...] appended batch by batch into one tensor that doubles its length when full."""
+
+    def __init__(self):
+        self.buffer, self.count = None, 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        if self.buffer is None or self.count + len(rows) > len(self.buffer):
+            grown = rows.new_empty(max(2 * self.count, self.count + len(rows), 16), *rows.shape[1:])
+            if self.buffer is not None:
+                grown[: self.count] = self.buffer[: self.count]
+            self.buffer = grown
+        self.buffer[self.count : self.count + len(rows)] = rows
+        self.count += len(rows)
+
+    def all(self) -> torch.Tensor:
+        return self.buffer[: self.count]
 
 
 def describe(

@@ -5,6 +5,9 @@ log domain), then renormalize, so a track's probabilities sum to one. A model tr
 shorter than a clip scores each clip the same way over windows of the crop's length.
 """
 
+import collections
+from collections.abc import Iterable, Iterator
+
 import torch
 
 from genrenet.store import TrackFeatures
@@ -36,8 +39,27 @@ def clip_log_probs(
 
 
 def _clip_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window: int | None) -> torch.Tensor:
-    if window is None or batch.shape[-1] <= window:
-        return torch.log_softmax(model(batch.to(device))["logits"].float(), dim=1).cpu()
+    return clip_outputs(model, batch, device, window)[0]
+
+
+def clip_outputs(
+    model: torch.nn.Module, batch: torch.Tensor, device, window: int | None = None, embedding: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities [n, classes] of a batch of clips [n, 1, ...] and, with embedding=True, their
+    embeddings [n, dim] (None when the model has none), both on the CPU. Clips scored whole give
+    both from one forward pass; a model scored over windows gets its embeddings from a pass over
+    whole clips (the CNNs pool over time)."""
+    whole = window is None or batch.shape[-1] <= window
+    output = model(batch.to(device)) if whole or embedding else {}
+    if whole:
+        log_probs = torch.log_softmax(output["logits"].float(), dim=1).cpu()
+    else:
+        log_probs = _window_log_probs(model, batch, device, window)
+    vectors = output.get("embedding") if embedding else None
+    return log_probs, None if vectors is None else vectors.float().cpu()
+
+
+def _window_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window: int) -> torch.Tensor:
     starts = window_starts(batch.shape[-1], window)
     windows = torch.cat([batch[..., s : s + window] for s in starts])  # [windows * clips, 1, mels, window]
     log_probs = torch.log_softmax(model(windows.to(device))["logits"].float(), dim=1).cpu()
@@ -63,6 +85,60 @@ def per_file(features, batch_size: int, run) -> list[torch.Tensor]:
     if done != total:  # fewer: the rest of joined would be whatever memory it was made in
         raise RuntimeError(f"{done} clips were scored where the files' counts add up to {total}")
     return list(torch.split(joined, counts)) if counts else []
+
+
+class ClipStream:
+    """Clips that arrive a piece at a time, from one file or many, scored batch_size at a time.
+
+    scored(items) takes (key, value) pairs: a tensor value is a piece of a file's clips [n, ...],
+    given back as (key, run's outputs for those n clips); any other value (a file's end, an error)
+    is given back as it is, once every piece that came before it has been given back. Pieces of
+    several files share batches, and only the clips not yet run are held (less than a batch and a
+    piece), so a file of any length is scored in bounded memory. run(batch [n, 1, ...]) returns a
+    tuple of [n, ...] tensors, or of None where it has no such output."""
+
+    def __init__(self, batch_size: int, run):
+        self.batch_size, self.run = batch_size, run
+        self.queue = collections.deque()  # (key, clip count or None, value) in arrival order
+        self.waiting: list[torch.Tensor] = []  # pieces not run yet
+        self.ready: list | None = None  # outputs of clips run and not given back yet
+
+    @torch.no_grad()
+    def scored(self, items: Iterable[tuple]) -> Iterator[tuple]:
+        for key, value in items:
+            if not isinstance(value, torch.Tensor):
+                self.queue.append((key, None, value))
+            elif len(value):  # only its clip count is queued: the piece itself goes once it is run
+                self.queue.append((key, len(value), None))
+                self.waiting.append(value)
+                if sum(len(piece) for piece in self.waiting) >= self.batch_size:
+                    self._run(everything=False)
+            yield from self._given_back()
+        if self.waiting:
+            self._run(everything=True)
+        yield from self._given_back()
+
+    def _run(self, everything: bool) -> None:
+        flat = torch.cat(self.waiting) if len(self.waiting) > 1 else self.waiting[0]
+        whole = len(flat) if everything else len(flat) // self.batch_size * self.batch_size
+        # the rest is copied out, so that no view keeps all of flat alive until the next batch
+        self.waiting = [flat[whole:].clone()] if whole < len(flat) else []
+        outputs = [self.run(batch.float().unsqueeze(1)) for batch in flat[:whole].split(self.batch_size)]
+        del flat
+        if self.ready is not None:
+            outputs.insert(0, self.ready)
+        self.ready = [None if parts[0] is None else torch.cat(parts) for parts in zip(*outputs)]
+
+    def _given_back(self) -> Iterator[tuple]:
+        while self.queue:
+            key, count, value = self.queue[0]
+            if count is not None:
+                if self.ready is None or len(self.ready[0]) < count:
+                    return
+                value = tuple(None if part is None else part[:count] for part in self.ready)
+                self.ready = [None if part is None else part[count:] for part in self.ready]
+            self.queue.popleft()
+            yield key, value
 
 
 def _clip_counts(features) -> list[int]:

@@ -32,3 +32,14 @@ def test_train_speed_on_too_few_tracks_says_so_in_one_line(tmp_path):
     assert errors == [
         "error: the valid split has no tracks: raise data.valid_fraction or add valid rows to the manifest"
     ]
+
+
+def test_predict_memory_prints_each_config_and_length_and_removes_its_files(tmp_path):
+    command = [sys.executable, "bench/predict_memory.py", "--configs", "demo", "--lengths", "10s", "40s"]
+    command += ["--limit", "1.5", "--dir", str(tmp_path / "bench")]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if "peak RSS" in line]
+    assert [row[:2] for row in rows] == [["demo", "10s:"], ["demo", "40s:"]]
+    assert all(float(row[4]) > 100 for row in rows) and float(rows[0][7]) == 1.0  # MiB; the base's ratio
+    assert not (tmp_path / "bench").exists()

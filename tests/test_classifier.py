@@ -1,14 +1,20 @@
 """The Python API: Classifier.load(checkpoint).predict / predict_many / embed, and sections of a timeline."""
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import SR, class_signal, make_class_folder, tiny_config_dict, write_audio
+from conftest import CLASSES, SR, class_signal, make_class_folder, tiny_config_dict, write_audio
 from genrenet import Classifier
-from genrenet.classifier import find_sections
+from genrenet.audio import BATCH_SAMPLES
+from genrenet.classifier import describe, find_sections
 from genrenet.config import AudioConfig, from_dict
 from genrenet.errors import UserError
+from genrenet.registry import build_model
+from genrenet.scores import clip_log_probs
+from genrenet.trained import TrainedModel
 from genrenet.training import train
 
 
@@ -47,14 +53,15 @@ def test_array_without_a_rate_is_one_clear_error(classifier):
         classifier.predict(np.zeros(8000))
 
 
-def test_predict_many_keeps_order_and_reports_bad_files(classifier, tmp_path):
+def test_predict_many_keeps_order_and_reports_bad_files(checkpoint, tmp_path):
+    classifier = Classifier(Classifier.load(checkpoint).trained, torch.device("cpu"), clips_per_forward=2)
     paths = [
         write_audio(tmp_path / f"{label}.wav", class_signal(label, 1.5, seed=i))
         for i, label in enumerate(["tone", "clicks", "noise"])
     ]
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"not audio")
-    results = list(classifier.predict_many([paths[0], bad, *paths[1:]], top_k=1, files_per_batch=2, embeddings=True))
+    results = list(classifier.predict_many([paths[0], bad, *paths[1:]], top_k=1, embeddings=True))
     assert [r["file"] for r in results] == [str(p) for p in [paths[0], bad, *paths[1:]]]
     assert results[1]["error"].startswith(f"{bad}: ")
     assert [r["top"][0]["label"] for r in results if "top" in r] == ["tone", "clicks", "noise"]
@@ -66,6 +73,47 @@ def test_embed_per_track_and_per_clip(classifier, tmp_path):
     track, clips = classifier.embed(path, per_clip=True)
     assert clips.shape[0] == 4 and track.shape == (clips.shape[1],)  # 2 s in 0.5 s clips
     assert isinstance(track, np.ndarray) and np.allclose(track, clips.mean(axis=0), atol=1e-6)
+
+
+def test_a_long_file_is_scored_a_decoded_batch_at_a_time(tmp_path):
+    """predict held the features of all a file's clips at once, so its memory grew with the file:
+    with the demo config, a 3-hour mix peaked 700 MB above a 3-minute song (the features and their
+    concatenation). Clips are now scored as their decoded batches come, and each batch is let go
+    once it has been run: no tensor ever spans more than a forward pass and a decoded batch."""
+    rate, seconds = 44100, 120  # 119 clips of 2 s every 1 s, decoded 47 at a time, scored 32 at a time
+    audio = {"sample_rate": SR, "clip_seconds": 2.0, "hop_seconds": 1.0}
+    config = from_dict(tiny_config_dict(tmp_path, tmp_path, audio=audio, features={"n_mels": 16}))
+    torch.manual_seed(0)
+    model = build_model(config, len(CLASSES)).eval()  # untrained: memory does not depend on the weights
+    classifier = Classifier(TrainedModel(model, config, list(CLASSES), {}), torch.device("cpu"), clips_per_forward=32)
+    t = np.arange(seconds * rate) / rate
+    path = write_audio(tmp_path / "long.wav", 0.4 * np.sin(2 * np.pi * (300 + 2 * t) * t), sr=rate)
+
+    decoded, extract = [], classifier.extractor
+    classifier.extractor = lambda waves: _recorded(extract(waves), decoded)
+    spanned, alive = [], []  # at each forward pass: clips its input's memory holds, decoded batches alive
+
+    def look(module, inputs, output):
+        spanned.append(inputs[0].untyped_storage().nbytes() // inputs[0][0].nbytes)
+        alive.append(sum(ref() is not None for ref in decoded))
+
+    hook = model.register_forward_hook(look)
+    try:
+        result = classifier.predict(path, top_k=3)
+    finally:
+        hook.remove()
+        classifier.extractor = extract
+    per_batch = BATCH_SAMPLES // (2 * rate)
+    assert len(decoded) == 3 and result["seconds"] == seconds  # 2 batches of 47 clips and one of 25
+    assert len(spanned) == 4 and max(spanned) < 32 + per_batch  # 119 before: the whole file
+    assert max(alive) <= 2
+    [whole] = clip_log_probs(model, [classifier.features(path)], torch.device("cpu"))
+    assert result["top"] == describe(whole, classifier.labels, config.audio, 3)["top"]
+
+
+def _recorded(features: torch.Tensor, refs: list) -> torch.Tensor:
+    refs.append(weakref.ref(features))
+    return features
 
 
 def test_sections_merge_runs_smooth_strays_and_respect_a_minimum():

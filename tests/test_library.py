@@ -8,10 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO_ROOT, class_signal, make_class_folder, tiny_config_dict, write_audio
-from genrenet import cli
+from genrenet import Classifier, cli
+from genrenet.classifier import describe
 from genrenet.config import from_dict
+from genrenet.prediction import PredictOptions, predict_library
 from genrenet.training import train
 
 
@@ -107,6 +110,30 @@ def test_embeddings_with_an_index(checkpoint, library, tmp_path):
     vectors, index = np.load(out), json.loads((tmp_path / "emb.json").read_text())
     assert index["files"] == [str(f) for f in files if f.name != "broken.wav"]
     assert vectors.shape[0] == 4 and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+
+
+def test_embeddings_and_scores_come_from_one_forward_pass(checkpoint, library, tmp_path):
+    """--embeddings ran the model twice over every clip, once for the scores and once for the
+    embeddings; one forward pass gives both, equal to what the two passes gave."""
+    _, files = library
+    classifier = Classifier.load(checkpoint, device="cpu")
+    model, calls = classifier.trained.model, []
+    hook = model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])) and None)
+    try:
+        options = PredictOptions(embeddings=tmp_path / "emb.npy", json=True, progress=False)
+        results = [r for r in predict_library(classifier, files, options) if "error" not in r]
+    finally:
+        hook.remove()
+    assert calls == [12]  # the 4 readable files' 3 clips each, all in one pass (twice before)
+    vectors = np.load(tmp_path / "emb.npy")
+    assert len(results) == len(vectors) == 4
+    for result, vector in zip(results, vectors):
+        features = classifier.features(result["file"]).float().unsqueeze(1)
+        with torch.no_grad():  # the two passes of before, each over the file's clips
+            log_probs = torch.log_softmax(model(features)["logits"], dim=1)
+            embedding = model(features)["embedding"].mean(dim=0)
+        assert result["top"] == describe(log_probs, classifier.labels, classifier.config.audio, 3)["top"]
+        np.testing.assert_allclose(vector, embedding.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-from genrenet.scores import per_file
+from genrenet.scores import ClipStream, per_file
 from genrenet.store import TrackFeatures
 
 
@@ -55,3 +55,34 @@ def test_clips_fewer_than_counted_are_an_error_not_uninitialized_scores():
     shrunk = Shrunk([torch.zeros(4, 2)])
     with pytest.raises(RuntimeError, match="3 clips were scored where the files' counts add up to 4"):
         per_file(shrunk, 2, lambda batch: batch.flatten(1))
+
+
+def test_a_stream_of_pieces_shares_batches_and_gives_everything_back_in_order():
+    generator = torch.Generator().manual_seed(0)
+    a1, a2, b, c = (torch.randn(clips, 2, generator=generator) for clips in (3, 5, 1, 6))
+    items = [("a", a1), ("a", a2), ("a", None), ("b", b), ("b", "broken"), ("c", c), ("c", None)]
+    batches, refs, alive = [], [], []
+
+    def run(batch):
+        batches.append(len(batch))
+        alive.append(sum(ref() is not None for ref in refs))
+        return batch.flatten(1).sum(dim=1), None
+
+    def pieces():  # the caller keeps no piece: each is let go once it has been run
+        for key, value in items:
+            if isinstance(value, torch.Tensor):
+                value = value.clone()
+                refs.append(weakref.ref(value))
+            yield key, value
+            del value
+
+    given = list(ClipStream(4, run).scored(pieces()))
+    assert batches == [4, 4, 4, 3]  # 15 clips in batches of 4, across pieces and files
+    assert max(alive) <= 2  # the pieces of one batch, no more
+    assert [key for key, _ in given] == [key for key, _ in items]
+    for (_, value), (_, out) in zip(items, given):
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(out[0], value.sum(dim=1))
+            assert out[1] is None
+        else:
+            assert out == value
