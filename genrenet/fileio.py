@@ -1,5 +1,6 @@
 """Files written so that a crash never leaves half of one: a temp file in the same folder, then a rename."""
 
+import functools
 import glob
 import hashlib
 import os
@@ -117,7 +118,16 @@ def fingerprint(path: str | Path) -> str:
     """A file's size and a hash of its content, to tell an edited or replaced file: all of it up to
     1 MiB, beyond that 64 blocks of 8 KiB spread evenly from its first byte to its last (512 KiB
     read: a library of large files stays cheap to check), so that an edit longer than a 63rd of the
-    file always touches a block. Raises OSError when the file cannot be read."""
+    file always touches a block. Raises OSError when the file cannot be read.
+
+    Hashed once per process for as long as the file's stat is the same (the store and the recorded
+    split both ask); ctime is part of it, since an edit that sets mtime back still moves ctime."""
+    stat = os.stat(path)
+    return _fingerprint(os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _fingerprint(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         digest = hashlib.sha256()

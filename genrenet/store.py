@@ -154,7 +154,6 @@ class FeatureStore:
         self.checksums: dict[Path, str] = {}  # shard -> the checksum its index holds
         self.verified: set[Path] = set()  # shards whose bytes were checked (or written) here
         self.damaged: set[Path] = set()  # shards left out, even where they could not be removed
-        self._keys: dict[tuple, str] = {}
         self.refresh()
 
     def stop_writing(self, reason: str) -> None:
@@ -163,14 +162,9 @@ class FeatureStore:
             print(f"warning: {reason}; features it lacks are computed but not kept", file=sys.stderr)
 
     def key(self, audio_path: Path) -> str:
-        """Resolved path, modification time and content fingerprint (which holds the size); hashed
-        once per file and store, as long as the file's stat does not change."""
+        """Resolved path, modification time and content fingerprint (which holds the size)."""
         path = Path(audio_path)
-        stat = path.stat()
-        seen = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if seen not in self._keys:
-            self._keys[seen] = f"{path.resolve()}|{stat.st_mtime_ns}|{fingerprint(path)}"
-        return self._keys[seen]
+        return f"{path.resolve()}|{path.stat().st_mtime_ns}|{fingerprint(path)}"
 
     def get(self, audio_path: Path) -> ShardSlice | None:
         """Where a file's features lie, or None when the store lacks them or their shard is damaged."""
