@@ -37,9 +37,12 @@ def save_checkpoint(
     metrics: dict,
     split: dict | None = None,
     training_state: dict | None = None,
+    multi_label: bool = False,
+    thresholds: list[float] | None = None,
 ) -> None:
     """split: the tracks of each split (genrenet.recorded_split); training_state (optimizer,
-    scheduler, progress, RNG) goes into last.pt only, to resume a run."""
+    scheduler, progress, RNG) goes into last.pt only, to resume a run. multi_label: the labels are
+    tags, any number per track (sigmoid outputs), with a threshold per tag."""
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -49,6 +52,9 @@ def save_checkpoint(
         "epoch": epoch,
         "metrics": metrics,
     }
+    if multi_label:  # only then: single-label checkpoints stay readable by earlier versions
+        state["multi_label"] = True
+        state["thresholds"] = [float(t) for t in thresholds] if thresholds is not None else None
     if split is not None:
         state["split"] = split
     if training_state is not None:

@@ -1,8 +1,11 @@
 """Scores stage: clip-level log-probabilities from a model, aggregated to one decision per track.
 
-Track decisions average the clips' log-probabilities (a product of clip probabilities, in the
-log domain), then renormalize, so a track's probabilities sum to one. A model trained on crops
-shorter than a clip scores each clip the same way over windows of the crop's length.
+Single-label models (one class per track, softmax): track decisions average the clips'
+log-probabilities (a product of clip probabilities, in the log domain), then renormalize, so a
+track's probabilities sum to one. Multi-label models (any number of tags per track, one sigmoid
+per tag): a clip's scores are each tag's log-probability on its own (logsigmoid), and a track's
+tag probabilities are the mean of its clips' (as musicnn averages its taggram). A model trained
+on crops shorter than a clip scores each clip the same way over windows of the crop's length.
 """
 
 import collections
@@ -29,21 +32,33 @@ def clip_log_probs(
     device: torch.device,
     batch_size: int = 64,
     window: int | None = None,
+    multi_label: bool = False,
 ) -> list[torch.Tensor]:
     """Per track, log-probabilities of every clip: a list of [clips, classes] tensors on the CPU.
 
     window: score each clip as the renormalized mean log-probability of its windows of this many
-    frames (see window_starts); None scores whole clips."""
+    frames (see window_starts); None scores whole clips. multi_label: each tag's own
+    log-probability (logsigmoid), see the module's docstring."""
     model.eval()
-    return per_file(features, batch_size, lambda batch: _clip_log_probs(model, batch, device, window))
+    return per_file(
+        features, batch_size, lambda batch: clip_outputs(model, batch, device, window, multi_label=multi_label)[0]
+    )
 
 
-def _clip_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window: int | None) -> torch.Tensor:
-    return clip_outputs(model, batch, device, window)[0]
+def log_scores(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """Logits [n, classes] -> log-probabilities: over the classes (log_softmax), or with
+    multi_label each tag's own (logsigmoid)."""
+    logits = logits.float()
+    return torch.nn.functional.logsigmoid(logits) if multi_label else torch.log_softmax(logits, dim=1)
 
 
 def clip_outputs(
-    model: torch.nn.Module, batch: torch.Tensor, device, window: int | None = None, embedding: bool = False
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    device,
+    window: int | None = None,
+    embedding: bool = False,
+    multi_label: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities [n, classes] of a batch of clips [n, 1, ...] and, with embedding=True, their
     embeddings [n, dim] (None when the model has none), both on the CPU. Clips scored whole give
@@ -52,17 +67,21 @@ def clip_outputs(
     whole = window is None or batch.shape[-1] <= window
     output = model(batch.to(device)) if whole or embedding else {}
     if whole:
-        log_probs = torch.log_softmax(output["logits"].float(), dim=1).cpu()
+        log_probs = log_scores(output["logits"], multi_label).cpu()
     else:
-        log_probs = _window_log_probs(model, batch, device, window)
+        log_probs = _window_log_probs(model, batch, device, window, multi_label)
     vectors = output.get("embedding") if embedding else None
     return log_probs, None if vectors is None else vectors.float().cpu()
 
 
-def _window_log_probs(model: torch.nn.Module, batch: torch.Tensor, device, window: int) -> torch.Tensor:
+def _window_log_probs(
+    model: torch.nn.Module, batch: torch.Tensor, device, window: int, multi_label: bool
+) -> torch.Tensor:
     starts = window_starts(batch.shape[-1], window)
     windows = torch.cat([batch[..., s : s + window] for s in starts])  # [windows * clips, 1, mels, window]
-    log_probs = torch.log_softmax(model(windows.to(device))["logits"].float(), dim=1).cpu()
+    log_probs = log_scores(model(windows.to(device))["logits"], multi_label).cpu()
+    if multi_label:  # a tag's probability in the clip: the mean of its windows'
+        return log_probs.view(len(starts), len(batch), -1).exp().mean(dim=0).log()
     return torch.log_softmax(log_probs.view(len(starts), len(batch), -1).mean(dim=0), dim=1)
 
 
@@ -165,6 +184,14 @@ def track_log_probs(clip_scores: list[torch.Tensor]) -> torch.Tensor:
     """[tracks, classes]: the mean of each track's clip log-probabilities, renormalized."""
     means = torch.stack([scores.mean(dim=0) for scores in clip_scores])
     return torch.log_softmax(means, dim=1)
+
+
+def track_probs(clip_scores: list[torch.Tensor], multi_label: bool = False) -> torch.Tensor:
+    """[tracks, classes] probabilities of each track: single-label, its renormalized mean clip
+    log-probability (they sum to one); multi-label, the mean of its clips' tag probabilities."""
+    if multi_label:
+        return torch.stack([scores.exp().mean(dim=0) for scores in clip_scores])
+    return track_log_probs(clip_scores).exp()
 
 
 def per_clip(track_values: list, clip_scores: list[torch.Tensor]) -> list:

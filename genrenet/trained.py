@@ -17,6 +17,13 @@ class TrainedModel:
     config: Config
     labels: list[str]
     checkpoint: dict  # the raw checkpoint: epoch, metrics, ...
+    # Several labels (tags) per track: one sigmoid per tag, not a softmax over the classes.
+    multi_label: bool = False
+    thresholds: list[float] | None = None  # per tag, above which a multi-label model says the tag
+
+    def tag_thresholds(self, default: float = 0.5) -> list[float]:
+        """Each tag's threshold: the checkpoint's, or `default` where it has none."""
+        return list(self.thresholds) if self.thresholds else [default] * len(self.labels)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
@@ -40,4 +47,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedM
             f"{path}: refused: weights hold NaN or infinite values ({broken[0]}); "
             "the run that wrote it diverged; retrain with a lower train.lr"
         )
-    return TrainedModel(model.to(device).eval(), config, list(state["labels"]), state)
+    multi_label = bool(state.get("multi_label", False))  # absent: written before multi-label models
+    thresholds = state.get("thresholds")
+    return TrainedModel(model.to(device).eval(), config, list(state["labels"]), state, multi_label, thresholds)
