@@ -1,4 +1,5 @@
-"""Classic baselines: an SVM or a random forest on handcrafted clip features (genrenet.handcrafted).
+"""Classic baselines: an SVM, a random forest or logistic regression on handcrafted clip features
+(genrenet.handcrafted), or on a frozen tagger's embeddings (musicnn_svm, musicnn_logreg: genrenet.probe).
 
 Models are stored with skops.io, scikit-learn's secure format, never pickle: loading first lists
 the types in the file and refuses any this module does not create, so a crafted file cannot run
@@ -19,6 +20,7 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -26,20 +28,26 @@ from sklearn.svm import SVC
 from genrenet.config import STRICT
 from genrenet.errors import UserError, error_line
 
-KINDS = ("svm", "random_forest")
+KINDS = ("svm", "random_forest", "logreg")
 
 
 @dataclass(config=STRICT)
 class ClassicSettings:
-    """The model section of the classic models (svm, random_forest); each uses its own keys."""
+    """The model section of the classic models (svm, random_forest, logreg); each uses its own keys."""
 
-    name: Literal["svm", "random_forest"] = "svm"
+    name: Literal["svm", "random_forest", "logreg"] = "svm"
     standardize: bool = True  # scale each feature to zero mean, unit variance
     svm_c: float = Field(10.0, gt=0.0)
     svm_kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
     svm_gamma: Literal["scale", "auto"] | float = "scale"
     rf_trees: int = Field(300, gt=0, le=100_000)
     rf_max_depth: int | None = Field(None, gt=0)
+    logreg_c: float = Field(1.0, gt=0.0)  # inverse strength of logistic regression's L2 penalty
+
+    @property
+    def estimator(self) -> str:
+        """The scikit-learn estimator of build_classifier: svm, random_forest or logreg."""
+        return self.name.removeprefix("musicnn_")
 
 
 MIN_PROBABILITY = 1e-7  # floor before the log: a class the model rules out must not become -inf
@@ -57,7 +65,12 @@ ALLOWED_TYPES = frozenset(
         "sklearn.frozen._frozen.FrozenEstimator",
     }
 )
-STEP_TYPES = {"scale": StandardScaler, "svm": CalibratedClassifierCV, "random_forest": RandomForestClassifier}
+STEP_TYPES = {
+    "scale": StandardScaler,
+    "svm": CalibratedClassifierCV,
+    "random_forest": RandomForestClassifier,
+    "logreg": LogisticRegression,
+}
 PLAIN = (str, int, float, bool, type(None), np.generic)
 
 
@@ -69,11 +82,12 @@ def build_classifier(
     svm_gamma: str | float = "scale",
     rf_trees: int = 300,
     rf_max_depth: int | None = None,
+    logreg_c: float = 1.0,
     standardize: bool = True,
     seed: int = 0,
     calibration_folds: int = CALIBRATION_FOLDS,
 ) -> Pipeline:
-    """An unfitted Pipeline: optional standardization, then an SVM or random forest with predict_proba.
+    """An unfitted Pipeline: optional standardization, then an SVM, random forest or logistic regression.
 
     Its .fit needs calibration_folds training clips of every class for the SVM; fit_classifier
     picks the folds from the data and also fits a class with a single clip."""
@@ -85,6 +99,8 @@ def build_classifier(
         )
     elif kind == "random_forest":
         step = RandomForestClassifier(n_estimators=rf_trees, max_depth=rf_max_depth, n_jobs=-1, random_state=seed)
+    elif kind == "logreg":
+        step = LogisticRegression(C=logreg_c, max_iter=2000, random_state=seed)
     else:
         raise UserError(f"unknown classic model '{kind}' (expected one of: {', '.join(KINDS)})")
     return Pipeline(([("scale", StandardScaler())] if standardize else []) + [(kind, step)])
@@ -216,12 +232,13 @@ class ClassicModel(torch.nn.Module):
         """Fit on every training clip at once: features [clips, 1, features], targets [clips]."""
         s = self.settings
         pipeline = build_classifier(
-            s.name,
+            s.estimator,
             svm_c=s.svm_c,
             svm_kernel=s.svm_kernel,
             svm_gamma=s.svm_gamma,
             rf_trees=s.rf_trees,
             rf_max_depth=s.rf_max_depth,
+            logreg_c=s.logreg_c,
             standardize=s.standardize,
             seed=seed,
         )
@@ -252,7 +269,7 @@ def _check_structure(model) -> None:
     if type(model) is not Pipeline:
         raise UserError(f"refusing to load classic model: it holds a {type(model).__name__}, not a Pipeline")
     names = [name for name, _ in model.steps]
-    if names not in (["scale", "svm"], ["svm"], ["scale", "random_forest"], ["random_forest"]):
+    if names not in [[*scale, kind] for kind in KINDS for scale in ([], ["scale"])]:
         raise UserError(f"refusing to load classic model: unexpected steps {names}")
     for name, step in model.steps:
         _check_estimator(name, step, STEP_TYPES[name])

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_vali
 from pydantic.dataclasses import dataclass
 
 from genrenet.errors import UserError, error_line
-from genrenet.registry import MODELS, features_of, model_entry
+from genrenet.registry import MODELS, features_of, frames_per_second, model_entry
 
 # Unknown keys are errors; so are inf and nan, which pass a range check but break the pipeline.
 # Booleans and quoted text where a number belongs (epochs: true, epochs: "3") are refused before
@@ -386,6 +386,9 @@ def preprocessing_key(config: Config) -> str:
         "features": dataclasses.asdict(config.features),
         "kind": features_of(config).name,
     }
+    extra = features_of(config).model_keys(config)
+    if extra:  # only then: the keys of existing stores stay as they were
+        settings["model"] = extra
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -398,7 +401,7 @@ def crop_frames(config: Config) -> int | None:
     seconds = config.augment.crop_seconds
     if seconds is None or not features_of(config).framed:
         return None
-    return round(seconds * config.audio.sample_rate / config.features.hop_length) + 1
+    return round(seconds * frames_per_second(config)) + 1
 
 
 def _describe(error: dict, prefix: list[str] = (), section: type | None = None, model: str = "") -> str:

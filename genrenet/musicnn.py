@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 import torchaudio
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional
@@ -120,7 +120,9 @@ class MusiCNN(nn.Module):
     (128, 64 and 32 frames x 1 band, 51 channels each), each max-pooled over frequency (561
     features per frame). Mid end: three 64-channel convs over time, the last two residual. Back end:
     the front- and mid-end features (753) max- and mean-pooled over time, interleaved (max, mean of
-    feature 0, then of feature 1, ...) as musicnn flattens them, a 200-unit dense layer, the tags."""
+    feature 0, then of feature 1, ...) as musicnn flattens them, a 200-unit dense layer, the tags.
+    The output dict also holds "pooled" [batch, 1506], those pooled features (musicnn's max_pool and
+    mean_pool), for heads trained on a frozen tagger."""
 
     def __init__(self, n_tags: int = 50, midend: int = 64, backend: int = 200, dropout: float = 0.5):
         super().__init__()
@@ -134,6 +136,21 @@ class MusiCNN(nn.Module):
         self.dense_norm = nn.BatchNorm1d(backend, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backend, n_tags)
+        self.frozen: list[nn.Module] = []
+
+    def freeze_front_end(self) -> "MusiCNN":
+        """Fine-tune the last blocks only: the input norm and front-end convs keep their pretrained
+        weights, and their batch norms their statistics (they stay in eval mode when training)."""
+        self.frozen = [self.input_norm, self.timbral, self.temporal]
+        for part in self.frozen:
+            part.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MusiCNN":
+        super().train(mode)
+        for part in self.frozen:
+            part.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> dict:
         x = self.input_norm(x.transpose(2, 3))  # [batch, 1, frames, mels]: musicnn's [time, frequency]
@@ -144,7 +161,7 @@ class MusiCNN(nn.Module):
         features = torch.cat(features, dim=1)  # [batch, 753, frames]
         pooled = torch.stack([features.amax(dim=2), features.mean(dim=2)], dim=2).flatten(1)
         embedding = self.dense_norm(torch.relu(self.dense(self.dropout(self.pool_norm(pooled)))))
-        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding}
+        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding, "pooled": pooled}
 
 
 def pretrained_path(name: str) -> Path:
@@ -168,12 +185,24 @@ def load_pretrained(name: str) -> tuple[MusiCNN, list[str]]:
 
 @dataclass(config=STRICT)
 class MusicnnSettings:
-    """The model section of musicnn trained on the user's classes: the shipped tagger's layers (or
-    none: from scratch) under a new head, every layer trained."""
+    """The model section of musicnn fine-tuned on the user's classes: a shipped tagger's layers (or
+    none: from scratch) under a new head."""
 
     name: str = "musicnn"
     pretrained: Literal["musicnn-msd", "musicnn-mtt"] | None = "musicnn-msd"
+    # all: every layer trains; last_blocks: the front end stays as pretrained (about 4x faster
+    # steps on a CPU), the mid end, back end and head train.
+    fine_tune: Literal["all", "last_blocks"] = "all"
+    # The learning rate of the pretrained layers (None: train.lr, as the new head); the schedule
+    # scales both alike. Smaller than the head's keeps more of what the tagger learned.
+    backbone_lr: float | None = Field(None, gt=0.0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _pretrained_to_tune(self):
+        if self.pretrained is None and (self.fine_tune != "all" or self.backbone_lr is not None):
+            raise ValueError("model.fine_tune: last_blocks and model.backbone_lr need model.pretrained")
+        return self
 
 
 def build_musicnn(settings: MusicnnSettings, n_classes: int, width: int) -> MusiCNN:
@@ -181,7 +210,14 @@ def build_musicnn(settings: MusicnnSettings, n_classes: int, width: int) -> Musi
     if settings.pretrained is not None:
         state = pretrained_weights(settings.pretrained)["state_dict"]
         model.load_state_dict({**state, "head.weight": model.head.weight, "head.bias": model.head.bias})
-    return model
+    return model.freeze_front_end() if settings.fine_tune == "last_blocks" else model
+
+
+def musicnn_parameter_groups(settings: MusicnnSettings, model: MusiCNN, lr: float) -> list[dict]:
+    """The optimizer's groups: the new head at lr, the trainable pretrained layers at backbone_lr."""
+    head = list(model.head.parameters())
+    backbone = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    return [{"params": head, "lr": lr}, {"params": backbone, "lr": settings.backbone_lr or lr}]
 
 
 def musicnn_extractor(config) -> MusicnnFrontEnd:

@@ -33,6 +33,11 @@ class FeatureKind:
     extractor: Callable[["Config"], Callable]
     width: Callable[["Config"], int]  # size of dimension 1, to recognize a damaged or foreign cache entry
     framed: bool  # [clips, width, frames]: crops, windows and spectrogram augmentation apply
+    # config -> samples between frames (framed kinds): crops and masks given in seconds count frames by it
+    frame_hop: Callable[["Config"], int] = lambda config: config.features.hop_length
+    # config -> the model settings the features also depend on (a pretrained network's name, say),
+    # part of the feature store's key
+    model_keys: Callable[["Config"], dict] = lambda config: {}
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class ModelEntry:
     # targets, seed) call on every training clip, as scikit-learn models are.
     fitted: bool = False
     family: str = "neural"  # a word for reports: "cnn", "classic", ...
+    # (settings, model, train.lr) -> the optimizer's parameter groups, for a model whose parts learn
+    # at their own rates (a pretrained backbone under a new head); None: every trainable
+    # parameter at train.lr
+    parameter_groups: Callable[[Any, "torch.nn.Module", float], list[dict]] | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -73,6 +82,19 @@ def model_entry(name: str) -> ModelEntry:
 def features_of(config: "Config") -> FeatureKind:
     """The kind of features the config's model reads."""
     return FEATURES[model_entry(config.model.name).features]
+
+
+def frames_per_second(config: "Config") -> float:
+    """Frames per second of the config's (framed) features."""
+    return config.audio.sample_rate / features_of(config).frame_hop(config)
+
+
+def parameter_groups(config: "Config", model: "torch.nn.Module") -> list[dict]:
+    """The optimizer's parameter groups for the config's model (frozen parameters left out)."""
+    entry = model_entry(config.model.name)
+    if entry.parameter_groups is not None:
+        return entry.parameter_groups(config.model, model, config.train.lr)
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.train.lr}]
 
 
 def build_model(config: "Config", n_classes: int) -> "torch.nn.Module":

@@ -33,7 +33,7 @@ from genrenet.errors import UserError, error_line
 from genrenet.models import count_parameters
 from genrenet.progress import progress
 from genrenet.recorded_split import record_split, recorded_tracks
-from genrenet.registry import build_model, features_of, model_entry
+from genrenet.registry import build_model, features_of, frames_per_second, model_entry, parameter_groups
 from genrenet.rundir import NoWriter, RunWriter
 from genrenet.runlock import RunLock
 from genrenet.runlogs import check_logs
@@ -188,7 +188,8 @@ def build_scheduler(optimizer, config: Config, steps_per_epoch: int):
     total = train.epochs * steps_per_epoch
     if train.schedule == "onecycle":
         warm_share = train.warmup_epochs / train.epochs if train.warmup_epochs else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total, pct_start=warm_share)
+        peaks = [group["lr"] for group in optimizer.param_groups]  # each group's own rate (see parameter_groups)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=warm_share)
     factor = partial(
         learning_rate_factor,
         warmup_steps=round(train.warmup_epochs * steps_per_epoch),
@@ -203,7 +204,7 @@ def build_augment(config: Config) -> torch.nn.Module:
     if not features_of(config).framed:
         return torch.nn.Identity()
     aug = config.augment
-    frames_per_second = config.audio.sample_rate / config.features.hop_length
+    frame_rate = frames_per_second(config)
     return SpectrogramAugment(
         crop_frames=crop_frames(config),
         gain_db=aug.gain_db,
@@ -211,7 +212,7 @@ def build_augment(config: Config) -> torch.nn.Module:
         freq_mask_width=aug.freq_mask_width,
         time_masks=aug.time_masks,
         time_mask_width=aug.time_mask_width,
-        shift_frames=round(aug.time_shift_seconds * frames_per_second),
+        shift_frames=round(aug.time_shift_seconds * frame_rate),
     )
 
 
@@ -370,7 +371,7 @@ def build_learner(config: Config, data: TrainingData, device: torch.device) -> L
         stepper = torch.compile(stepper)
     augment = build_augment(config).to(device)
     batches = EpochBatches(ClipDataset(data.train.features, data.train.targets), config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(config, model), weight_decay=config.train.weight_decay)
     scheduler = build_scheduler(optimizer, config, batches.steps())
     use_amp = device.type == "cuda" and config.train.amp
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
