@@ -363,7 +363,10 @@ def build_learner(config: Config, data: TrainingData, device: torch.device) -> L
     # Seed after the data is ready: filling the store draws from the global RNG, reading it does not.
     torch.manual_seed(config.train.seed)
     model = build_model(config, len(data.labels)).to(device)
-    print(f"model: {config.model.name}, {count_parameters(model):,} parameters; device: {device}{processes()}")
+    groups = parameter_groups(config, model)
+    trained = sum(p.numel() for group in groups for p in group["params"])
+    frozen = f" ({trained:,} trained, the rest frozen)" if trained < count_parameters(model) else ""
+    print(f"model: {config.model.name}, {count_parameters(model):,} parameters{frozen}; device: {device}{processes()}")
     stepper = model
     if distributed.active():  # gradients are averaged over the ranks after every backward pass
         stepper = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -371,7 +374,7 @@ def build_learner(config: Config, data: TrainingData, device: torch.device) -> L
         stepper = torch.compile(stepper)
     augment = build_augment(config).to(device)
     batches = EpochBatches(ClipDataset(data.train.features, data.train.targets), config)
-    optimizer = torch.optim.AdamW(parameter_groups(config, model), weight_decay=config.train.weight_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.train.weight_decay)
     scheduler = build_scheduler(optimizer, config, batches.steps())
     use_amp = device.type == "cuda" and config.train.amp
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None

@@ -84,10 +84,11 @@ def test_logistic_regression_on_handcrafted_features(tmp_path, data):
     assert evaluate(tmp_path / "run" / "best.pt")["track"]["accuracy"] >= 5 / 6
 
 
-def test_fine_tuning_the_last_blocks_keeps_the_front_end_as_shipped(tmp_path, data):
+def test_fine_tuning_the_last_blocks_keeps_the_front_end_as_shipped(tmp_path, data, capsys):
     model = {"name": "musicnn", "pretrained": "musicnn-msd", "fine_tune": "last_blocks", "backbone_lr": 0.001}
     raw = transfer_config(tmp_path, data, model, train={"epochs": 2, "batch_size": 8, "lr": 0.01})
     train(from_dict(raw))
+    assert "model: musicnn, 777,712 parameters (614,663 trained, the rest frozen)" in capsys.readouterr().out
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     shipped = pretrained_weights("musicnn-msd")["state_dict"]
     state = saved["model_state"]
