@@ -21,6 +21,7 @@ from genrenet.registry import parameter_groups
 from genrenet.training import train
 
 PROBE = {"name": "musicnn_probe", "pretrained": "musicnn-msd", "embedding": "penultimate"}
+TUNED = {"name": "musicnn", "pretrained": "musicnn-msd", "fine_tune": "last_blocks", "backbone_lr": 0.001}
 
 
 def transfer_config(tmp_path, folder, model: dict, **sections) -> dict:
@@ -85,8 +86,7 @@ def test_logistic_regression_on_handcrafted_features(tmp_path, data):
 
 
 def test_fine_tuning_the_last_blocks_keeps_the_front_end_as_shipped(tmp_path, data, capsys):
-    model = {"name": "musicnn", "pretrained": "musicnn-msd", "fine_tune": "last_blocks", "backbone_lr": 0.001}
-    raw = transfer_config(tmp_path, data, model, train={"epochs": 2, "batch_size": 8, "lr": 0.01})
+    raw = transfer_config(tmp_path, data, TUNED, train={"epochs": 2, "batch_size": 8, "lr": 0.01})
     train(from_dict(raw))
     assert "model: musicnn, 777,712 parameters (614,663 trained, the rest frozen)" in capsys.readouterr().out
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
@@ -145,10 +145,12 @@ def test_probe_cross_validates_and_resumes(tmp_path, data, capsys):
     assert load_checkpoint(run / "last.pt")["training_state"]["finished"]
 
 
-def test_probe_trains_under_torchrun(tmp_path, data):
-    raw = transfer_config(tmp_path, data, PROBE, train={"epochs": 3, "batch_size": 8, "lr": 0.01})
-    config = write_config(tmp_path / "probe.yaml", raw)
+@pytest.mark.parametrize("model", [PROBE, TUNED], ids=["probe", "last_blocks"])
+def test_transfer_models_train_under_torchrun(tmp_path, data, model):
+    raw = transfer_config(tmp_path, data, model, train={"epochs": 2, "batch_size": 8, "lr": 0.01})
+    config = write_config(tmp_path / "transfer.yaml", raw)
     done = subprocess.run(torchrun("--config", str(config)), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes (torchrun)" in done.stdout
-    assert (tmp_path / "run" / "best.pt").is_file()
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["training_state"]["finished"] and saved["config"]["model"]["name"] == model["name"]
