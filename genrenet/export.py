@@ -30,7 +30,9 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 class WaveformModel(torch.nn.Module):
     """Waveform [samples] -> (probabilities [classes], embedding [dim]), as described above."""
 
-    def __init__(self, model: torch.nn.Module, config, multi_label: bool = False, features: torch.nn.Module = None):
+    def __init__(
+        self, model: torch.nn.Module, config, multi_label: bool = False, features: torch.nn.Module | None = None
+    ):
         super().__init__()
         audio = config.audio
         self.features = features if features is not None else front_end(config)
@@ -51,11 +53,15 @@ class WaveformModel(torch.nn.Module):
         keep = ((ends <= waveform.shape[0]) | (ends == self.clip)).to(waveform.dtype).unsqueeze(1)
         # float: the features as the model gets them in genrenet (some kinds are kept as float16)
         output = self.model(self.features(clips).float().unsqueeze(1))
-        logits, mean = output["logits"].float(), lambda values: (values * keep).sum(dim=0) / keep.sum()
-        embedding = mean(output["embedding"])
+        logits, embedding = output["logits"].float(), _clip_mean(output["embedding"], keep)
         if self.multi_label:
-            return mean(torch.sigmoid(logits)), embedding
-        return torch.softmax(mean(torch.log_softmax(logits, dim=1)), dim=0), embedding
+            return _clip_mean(torch.sigmoid(logits), keep), embedding
+        return torch.softmax(_clip_mean(torch.log_softmax(logits, dim=1), keep), dim=0), embedding
+
+
+def _clip_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The mean over the clips kept (keep: [clips, 1] of 1 and 0)."""
+    return (values * keep).sum(dim=0) / keep.sum()
 
 
 def front_end(config, format: str = "onnx") -> torch.nn.Module:
