@@ -1,4 +1,5 @@
-"""A trained model as a Python object: `Classifier.load(checkpoint).predict("song.mp3")`.
+"""A trained model as a Python object: `Classifier.load(checkpoint).predict("song.mp3")`, or a
+shipped music tagger by name: `Classifier.load("musicnn-msd")`.
 
 The command line's prediction is built on this class, so a notebook and `genrenet predict` give
 the same numbers. Files are decoded by the audio stage (genrenet.cache.iter_feature_batches); an
@@ -26,7 +27,7 @@ from genrenet.cache import compute_features, feature_extractor, iter_feature_bat
 from genrenet.config import crop_frames
 from genrenet.device import resolve_device
 from genrenet.errors import UserError
-from genrenet.scores import ClipStream, clip_outputs, track_log_probs
+from genrenet.scores import ClipStream, clip_outputs, track_probs
 from genrenet.trained import load_model
 
 # Clips scored in one forward pass: several files' worth for ordinary tracks. On the CPU a pass over
@@ -36,7 +37,8 @@ PIECES_AHEAD = 8  # batches of clips each decoding worker may have ready ahead o
 
 
 class Classifier:
-    """A checkpoint's model with its preprocessing: audio in, labels with probabilities out."""
+    """A checkpoint's model with its preprocessing: audio in, labels with probabilities out. A
+    multi-label model (a tagger) also says which tags are at or above their thresholds."""
 
     def __init__(self, trained, device: torch.device, clips_per_forward: int | None = None):
         self.trained, self.device = trained, device
@@ -45,7 +47,8 @@ class Classifier:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str | torch.device = "auto") -> "Classifier":
-        """device: auto (CUDA when PyTorch sees a GPU), cpu, cuda or a torch.device."""
+        """checkpoint: a checkpoint file, or a shipped tagger's name (musicnn-msd, musicnn-mtt).
+        device: auto (CUDA when PyTorch sees a GPU), cpu, cuda or a torch.device."""
         if not isinstance(device, torch.device):
             device = resolve_device(str(device), setting="device")
         return cls(load_model(checkpoint, device), device)
@@ -61,6 +64,24 @@ class Classifier:
     @property
     def sample_rate(self) -> int:
         return self.config.audio.sample_rate
+
+    @property
+    def multi_label(self) -> bool:
+        """True for a model of tags (one sigmoid per tag), False for one class per track."""
+        return self.trained.multi_label
+
+    def thresholds(self, threshold: float | None = None) -> list[float] | None:
+        """Each tag's threshold (the model's own, or `threshold` for all tags); None for a
+        single-label model, for which a threshold is an error."""
+        if not self.multi_label:
+            if threshold is not None:
+                raise UserError("a threshold applies to multi-label models (tags); this one gives one label per track")
+            return None
+        if threshold is None:
+            return self.trained.tag_thresholds()
+        if not 0 < threshold < 1:
+            raise UserError(f"threshold must be between 0 and 1 (it is {threshold})")
+        return [float(threshold)] * len(self.labels)
 
     def features(self, item, sample_rate: int | None = None) -> torch.Tensor:
         """The model's features of every clip of a file path, or of an array [samples] or
@@ -88,12 +109,20 @@ class Classifier:
             yield path
 
     def predict(
-        self, item, sample_rate: int | None = None, top_k: int = 3, clips: bool = False, sections: dict | None = None
+        self,
+        item,
+        sample_rate: int | None = None,
+        top_k: int = 3,
+        clips: bool = False,
+        sections: dict | None = None,
+        threshold: float | None = None,
     ) -> dict:
         """{"top": [{"label", "probability"}, ...], "seconds": ...} for one path or array; clips=True
-        adds every clip's decision, sections={"smooth": 3, "min_seconds": 0} the merged sections."""
+        adds every clip's decision, sections={"smooth": 3, "min_seconds": 0} the merged sections.
+        A multi-label model's result adds "tags": every tag at or above its threshold (see thresholds)."""
+        thresholds = self.thresholds(threshold)
         scores = self._one_file(item, sample_rate, embeddings=False)
-        result = describe(scores.log_probs(), self.labels, self.config.audio, top_k, clips, sections)
+        result = describe(scores.log_probs(), self.labels, self.config.audio, top_k, clips, sections, thresholds)
         return {"file": str(item), **result} if isinstance(item, (str, Path)) else result
 
     def predict_many(
@@ -104,17 +133,19 @@ class Classifier:
         clips: bool = False,
         sections: dict | None = None,
         embeddings: bool = False,
+        threshold: float | None = None,
     ) -> Iterator[dict]:
         """One result per path, in order, as predict gives them, plus {"embedding": numpy} when asked
         (from the same forward passes as the scores). A file that cannot be read yields
         {"file", "error"} and the others go on."""
+        thresholds = self.thresholds(threshold)
         for path, scores, error in self._scored([Path(p) for p in paths], workers, embeddings):
             if error is not None:
                 yield {"file": str(path), "error": str(error)}
                 continue
             result = {
                 "file": str(path),
-                **describe(scores.log_probs(), self.labels, self.config.audio, top_k, clips, sections),
+                **describe(scores.log_probs(), self.labels, self.config.audio, top_k, clips, sections, thresholds),
             }
             if embeddings:
                 result["embedding"] = scores.mean_embedding()
@@ -153,7 +184,12 @@ class Classifier:
 
     def _forward(self, batch: torch.Tensor, embeddings: bool) -> tuple:
         log_probs, vectors = clip_outputs(
-            self.trained.model, batch, self.device, window=crop_frames(self.config), embedding=embeddings
+            self.trained.model,
+            batch,
+            self.device,
+            window=crop_frames(self.config),
+            embedding=embeddings,
+            multi_label=self.multi_label,
         )
         if embeddings and vectors is None:
             raise UserError(f"model '{self.config.model.name}' has no embedding (only the CNNs have one)")
@@ -245,18 +281,25 @@ class _Rows:
 
 
 def describe(
-    scores: torch.Tensor, labels: list[str], audio, top_k: int, clips: bool = False, sections: dict | None = None
+    scores: torch.Tensor,
+    labels: list[str],
+    audio,
+    top_k: int,
+    clips: bool = False,
+    sections: dict | None = None,
+    thresholds: list[float] | None = None,
 ) -> dict:
     """One file's result from its [clips, classes] log-probabilities: the top-k labels of the track
-    decision (mean clip log-probability, renormalized), its length, and clips or sections on request."""
-    track = track_log_probs([scores])[0].exp()
-    top = torch.topk(track, min(top_k, len(labels)))
-    result = {
-        "top": [
-            {"label": labels[i], "probability": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())
-        ],
-        "seconds": round(clip_end(len(scores) - 1, audio), 3),
-    }
+    decision, its length, and clips or sections on request (a clip's or a section's label is its
+    most probable one). thresholds: None for a single-label model (the track decision is the mean
+    clip log-probability, renormalized); for a multi-label model, each tag's threshold (the scores
+    are then each tag's own log-probability, the track's the mean clip probability), and "tags"
+    lists every tag at or above its threshold, most probable first."""
+    track = track_probs([scores], multi_label=thresholds is not None)[0]
+    result = {"top": _ranked(track, labels, top_k)}
+    if thresholds is not None:
+        result["tags"] = _ranked(track, labels, len(labels), keep=track >= torch.tensor(thresholds))
+    result["seconds"] = round(clip_end(len(scores) - 1, audio), 3)
     probs = scores.exp()
     if clips:
         best, which = probs.max(dim=1)
@@ -272,6 +315,12 @@ def describe(
     if sections is not None:
         result["sections"] = [{**s, "label": labels[s["label"]]} for s in find_sections(probs, audio, **sections)]
     return result
+
+
+def _ranked(probs: torch.Tensor, labels: list[str], k: int, keep: torch.Tensor | None = None) -> list[dict]:
+    """The k most probable labels (of those where keep is True), as {"label", "probability"}."""
+    order = torch.topk(probs, min(k, len(labels))).indices.tolist()
+    return [{"label": labels[i], "probability": round(probs[i].item(), 4)} for i in order if keep is None or keep[i]]
 
 
 def clip_end(index: int, audio) -> float:

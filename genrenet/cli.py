@@ -28,10 +28,14 @@ from genrenet.evaluation import (
 )
 from genrenet.export import FORMATS as EXPORT_FORMATS
 from genrenet.export import export_model
+from genrenet.musicnn import PRETRAINED
 from genrenet.plots import draw_timeline, write_plot
 from genrenet.prediction import PredictOptions, expand_inputs, predict_library
 from genrenet.progress import quiet
+from genrenet.trained import is_builtin
 from genrenet.training import Interrupted, resume, train
+
+DEFAULT_TAGGER = "musicnn-msd"  # what predict uses with no --checkpoint
 
 
 def train_args(argv=None, prog=None):
@@ -189,12 +193,23 @@ evaluate_main = cli_entry(run_evaluate)
 
 def predict_args(argv=None, prog=None):
     parser = argparse.ArgumentParser(
-        prog=prog, description="Predict the class (genre) of audio files with a trained checkpoint."
+        prog=prog,
+        description=(
+            "Predict the class (genre) of audio files with a trained checkpoint, or, with no --checkpoint, "
+            f"their music tags with the built-in {DEFAULT_TAGGER} tagger."
+        ),
     )
-    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
+    add_model_choice(parser, f"a built-in music tagger (default {DEFAULT_TAGGER} when no --checkpoint is given)")
     parser.add_argument("files", nargs="*", metavar="FILE", help="audio files or folders of audio files")
     parser.add_argument("--files-from", metavar="LIST", help="a text file naming one audio file per line (- for stdin)")
     parser.add_argument("--top-k", type=int, default=3, help="how many labels to show per file (default 3)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="for a tagger (multi-label model): list the tags of probability P or more "
+        "(default: the model's own thresholds, else 0.5)",
+    )
     parser.add_argument(
         "--segments",
         action="store_true",
@@ -255,11 +270,37 @@ def check_predict_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers < 0 or args.min_section < 0:
         parser.error("--workers and --min-section cannot be negative")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        parser.error("--threshold must be between 0 and 1")
+
+
+def add_model_choice(parser: argparse.ArgumentParser, what: str) -> argparse._MutuallyExclusiveGroup:
+    """--checkpoint (a trained model) or --model (a built-in tagger), not both."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="a best.pt or last.pt from a run directory")
+    which.add_argument("--model", choices=sorted(PRETRAINED), help=what)
+    return which
+
+
+def load_predictor(args) -> Classifier:
+    """The classifier predict asked for; a built-in tagger says once what it reports."""
+    source = args.checkpoint or args.model or DEFAULT_TAGGER
+    classifier = Classifier.load(source, resolve_device(args.device, setting="--device"))
+    if args.threshold is not None and not classifier.multi_label:
+        raise UserError(f"--threshold is for taggers (multi-label models); {source} gives one label per track")
+    if is_builtin(source) and not args.quiet:
+        print(
+            f"note: using the built-in tagger {source} (musicnn, {len(classifier.labels)} music tags such as "
+            f"{', '.join(classifier.labels[:3])}): it reports music tags, not genres or classes of your own; "
+            "for those, train a model and give --checkpoint",
+            file=sys.stderr,
+        )
+    return classifier
 
 
 def run_predict(argv=None, prog=None):
     args = predict_args(argv, prog)
-    classifier = Classifier.load(args.checkpoint, resolve_device(args.device, setting="--device"))
+    classifier = load_predictor(args)
     paths = expand_inputs(args.files, args.files_from)
     if not paths:
         raise UserError("no audio files found in the given folders")
@@ -273,6 +314,7 @@ def run_predict(argv=None, prog=None):
         sections=sections if args.segments or args.plot else None,
         keep=bool(args.plot),
         progress=not args.quiet,
+        threshold=args.threshold,
         output=Path(args.output) if args.output else None,
         embeddings=Path(args.embeddings) if args.embeddings else None,
     )
@@ -299,15 +341,18 @@ def run_export(argv=None, prog=None):
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
-            "Export a CNN checkpoint as one file that maps a mono waveform at the model's sample rate to class "
-            "probabilities and the embedding, with the mel front end inside."
+            "Export a checkpoint (or a built-in music tagger) as one file that maps a mono waveform at the "
+            "model's sample rate to class or tag probabilities and the embedding, with the front end inside."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run directory")
+    add_model_choice(parser, "a built-in music tagger").required = True
     parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
-    parser.add_argument("--output", help="the file to write (default: beside the checkpoint, e.g. best.onnx)")
+    parser.add_argument(
+        "--output",
+        help="the file to write (default: beside the checkpoint, e.g. best.onnx; for --model, e.g. musicnn-msd.onnx)",
+    )
     args = parser.parse_args(argv)
-    _, summary = export_model(args.checkpoint, args.format, args.output)
+    _, summary = export_model(args.checkpoint or args.model, args.format, args.output)
     print(f"wrote {summary}")
     return 0
 
@@ -360,8 +405,8 @@ def run_check(argv=None, prog=None):
 COMMANDS = {
     "train": (run_train, "train a model from a YAML config or a built-in config name"),
     "evaluate": (run_evaluate, "report a checkpoint's accuracy on the test (or another) split"),
-    "predict": (run_predict, "predict the genre (class) of audio files or folders"),
-    "export": (run_export, "write a CNN checkpoint as ONNX or TorchScript, waveform in, probabilities out"),
+    "predict": (run_predict, "predict the genre (class) of audio files or folders, or their music tags"),
+    "export": (run_export, "write a model or built-in tagger as ONNX or TorchScript, waveform in, probabilities out"),
     "demo": (run_demo, "generate demo songs, train, evaluate and predict, in the current folder"),
     "check": (run_check, "check that the installed packages import together, and print their versions"),
 }

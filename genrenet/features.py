@@ -32,14 +32,15 @@ class MelFeatures(torch.nn.Module):
         return self.to_db(self.mel(waves).unsqueeze(1)).squeeze(1)
 
 
-class HalfPrecision:
-    """Wraps an extractor to return float16, halving the cache and memory (a class, not a lambda,
-    so worker processes can pickle it)."""
+class HalfPrecision(torch.nn.Module):
+    """Wraps an extractor to return float16, halving the cache and memory (a module, not a lambda,
+    so worker processes can pickle it and an exported model can hold it)."""
 
-    def __init__(self, extractor):
+    def __init__(self, extractor: torch.nn.Module):
+        super().__init__()
         self.extractor = extractor
 
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
         return self.extractor(waves).to(torch.float16)
 
 

@@ -23,7 +23,8 @@ from genrenet.classifier import Classifier
 from genrenet.errors import UserError, one_line
 from genrenet.runlock import OutputLock
 
-CSV_COLUMNS = ["file", "label", "probability", "top", "seconds", "error"]
+# "tags": a multi-label model's tags at or above their thresholds, as rock;indie (empty for one label per track)
+CSV_COLUMNS = ["file", "label", "probability", "top", "tags", "seconds", "error"]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PredictOptions:
     json: bool = False  # one JSON list on stdout
     keep: bool = False  # also return the results printed as text (to draw them)
     progress: bool = True
+    threshold: float | None = None  # for a multi-label model: one threshold for every tag
     stats: dict = field(default_factory=dict)  # filled in: files, failed, skipped, seconds, wall
 
 
@@ -61,7 +63,7 @@ def expand_inputs(items: list[str], files_from: str | None = None) -> list[Path]
 
 def predict_library(classifier: Classifier, paths: list[Path], options: PredictOptions) -> list[dict]:
     """Predict every path, writing each result as it comes; returns the results not written to a file."""
-    writer, vectors = open_outputs(options)
+    writer, vectors = open_outputs(options, tags=classifier.multi_label)
     done = writer.done if writer else set()
     todo = [p for p in paths if str(p) not in done]
     stats = options.stats
@@ -70,7 +72,13 @@ def predict_library(classifier: Classifier, paths: list[Path], options: PredictO
     bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=None if options.progress else True)
     try:
         for result in classifier.predict_many(
-            todo, options.top_k, options.workers, options.clips, options.sections, embeddings=vectors is not None
+            todo,
+            options.top_k,
+            options.workers,
+            options.clips,
+            options.sections,
+            embeddings=vectors is not None,
+            threshold=options.threshold,
         ):
             if "error" in result:
                 stats["failed"] += 1
@@ -99,13 +107,13 @@ def predict_library(classifier: Classifier, paths: list[Path], options: PredictO
     return kept
 
 
-def open_outputs(options: PredictOptions) -> tuple["ResultsFile | None", "EmbeddingsFile | None"]:
+def open_outputs(options: PredictOptions, tags: bool = False) -> tuple["ResultsFile | None", "EmbeddingsFile | None"]:
     """The results and embeddings files, each locked for this process alone. The embeddings come
     first, as they write nothing until the end: when the results file cannot be opened, their lock
-    is released again and no file was made."""
+    is released again and no file was made. tags: the results carry a multi-label model's tags."""
     vectors = EmbeddingsFile(options.embeddings, options.resume) if options.embeddings else None
     try:
-        writer = ResultsFile(options.output, options.resume) if options.output else None
+        writer = ResultsFile(options.output, options.resume, tags) if options.output else None
     except BaseException:
         if vectors:
             vectors.lock.release()
@@ -117,6 +125,8 @@ def format_prediction(result: dict) -> str:
     lines = [one_line(result["file"])]  # a newline in a file name must not start a new line
     width = max(len(t["label"]) for t in result["top"])
     lines += [f"  {rank}. {t['label']:<{width}}  {t['probability']:.3f}" for rank, t in enumerate(result["top"], 1)]
+    if "tags" in result:
+        lines.append(f"  tags: {', '.join(t['label'] for t in result['tags']) or '(none at or above the threshold)'}")
     for key, title in (("sections", "sections"), ("clips", "clips")):
         if key in result:
             lines.append(f"  {title} (seconds, label, probability):")
@@ -128,9 +138,11 @@ def format_prediction(result: dict) -> str:
 
 class ResultsFile:
     """Results appended file by file to .jsonl or .csv and flushed, so a crash loses only the files
-    in flight; with resume, the files already there are skipped (error rows included)."""
+    in flight; with resume, the files already there are skipped (error rows included). A .csv
+    continued with resume keeps its own columns: one written before the tags column existed takes
+    single-label rows, and refuses a tagger's, whose tags it has no column for."""
 
-    def __init__(self, path: Path, resume: bool):
+    def __init__(self, path: Path, resume: bool, tags: bool = False):
         self.path, self.csv = Path(path), Path(path).suffix.lower() == ".csv"
         if Path(path).suffix.lower() not in (".jsonl", ".csv"):
             raise UserError(f"--output {path}: give a .jsonl or .csv file")
@@ -138,25 +150,34 @@ class ResultsFile:
         with self.lock.opening():
             if self.path.exists() and not resume:
                 raise UserError(f"{self.path} already exists; add --resume to continue it, or remove it")
-            self.done = self._read_done() if self.path.exists() else set()
+            self.done, columns = self._read_done() if self.path.exists() else (set(), CSV_COLUMNS)
+            if tags and "tags" not in columns:
+                raise UserError(
+                    f"--resume: {self.path} has no tags column (written by an earlier genrenet); "
+                    "give a new --output file for a tagger's results"
+                )
             try:
                 self.file = open(self.path, "a", newline="" if self.csv else None, encoding="utf-8")
             except OSError as error:
                 raise UserError(f"--output {self.path}: cannot write ({error.strerror or error})") from None
-            self.rows = csv.DictWriter(self.file, CSV_COLUMNS) if self.csv else None
+            self.rows = csv.DictWriter(self.file, columns) if self.csv else None
             if self.csv and not self.done and self.file.tell() == 0:
                 self.rows.writeheader()
 
-    def _read_done(self) -> set[str]:
+    def _read_done(self) -> tuple[set[str], list[str]]:
+        """The files already in the results file, and its csv columns (CSV_COLUMNS for a .jsonl or
+        a csv without a header)."""
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
         if len(complete) < len(data):  # a line cut short by a crash: drop it, that file runs again
             os.truncate(self.path, len(complete))
         text = complete.decode("utf-8", errors="replace")
         if self.csv:
-            return {row["file"] for row in csv.DictReader(io.StringIO(text)) if row.get("file")}
+            rows = csv.DictReader(io.StringIO(text))
+            done = {row["file"] for row in rows if row.get("file")}
+            return done, rows.fieldnames or CSV_COLUMNS
         try:
-            return {json.loads(line)["file"] for line in text.splitlines() if line.strip()}
+            return {json.loads(line)["file"] for line in text.splitlines() if line.strip()}, CSV_COLUMNS
         except (ValueError, KeyError, TypeError):
             raise UserError(f"--resume: {self.path} holds a line that is not a result of genrenet predict") from None
 
@@ -175,16 +196,20 @@ class ResultsFile:
 
 
 def csv_row(result: dict) -> dict:
+    """A result as a csv row; a single-label result has no "tags", so a csv without that column takes it."""
     if "error" in result:
         return {"file": result["file"], "error": result["error"]}
     top = result["top"]
-    return {
+    row = {
         "file": result["file"],
         "label": top[0]["label"],
         "probability": top[0]["probability"],
         "top": ";".join(f"{t['label']}:{t['probability']}" for t in top),
         "seconds": result["seconds"],
     }
+    if "tags" in result:
+        row["tags"] = ";".join(t["label"] for t in result["tags"])
+    return row
 
 
 class EmbeddingsFile:

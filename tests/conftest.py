@@ -169,9 +169,10 @@ LONGEST_FIRST = (
     "test_run_safety.py",  # ~45 s
     "test_silent_results.py",  # ~40 s
     "test_concurrency.py",  # ~35 s
+    "test_export.py",  # ~35 s
     "test_results.py",  # ~25 s
+    "test_builtin_tagger.py",  # ~25 s
     "test_benches.py",  # ~20 s
-    "test_export.py",  # ~15 s
     "test_bad_config.py",  # ~15 s
     "test_hostile_config.py",  # ~15 s
     "test_hostile_audio.py",  # ~10 s

@@ -1,5 +1,6 @@
 """The Python API: Classifier.load(checkpoint).predict / predict_many / embed, and sections of a timeline."""
 
+import json
 import weakref
 
 import numpy as np
@@ -13,7 +14,7 @@ from genrenet.classifier import describe, find_sections
 from genrenet.config import AudioConfig, from_dict
 from genrenet.errors import UserError
 from genrenet.registry import build_model
-from genrenet.scores import clip_log_probs
+from genrenet.scores import clip_log_probs, track_log_probs
 from genrenet.trained import TrainedModel
 from genrenet.training import train
 
@@ -66,6 +67,24 @@ def test_predict_many_keeps_order_and_reports_bad_files(checkpoint, tmp_path):
     assert results[1]["error"].startswith(f"{bad}: ")
     assert [r["top"][0]["label"] for r in results if "top" in r] == ["tone", "clicks", "noise"]
     assert np.allclose(results[0]["embedding"], classifier.embed(paths[0]), atol=1e-6)
+
+
+def test_single_label_results_are_as_they_were(classifier, tmp_path):
+    """Multi-label models changed describe; a single-label result keeps its keys, order and values:
+    the top labels of the renormalized mean clip log-probability, rounded to 4 decimals."""
+    path = write_audio(tmp_path / "tone.wav", class_signal("tone", 2.3, seed=8))
+    [scores] = clip_log_probs(classifier.trained.model, [classifier.features(path)], torch.device("cpu"))
+    track = track_log_probs([scores])[0].exp()
+    top = torch.topk(track, 2)
+    expected = {
+        "file": str(path),
+        "top": [
+            {"label": classifier.labels[i], "probability": round(p, 4)}
+            for p, i in zip(top.values.tolist(), top.indices.tolist())
+        ],
+        "seconds": 2.0,
+    }
+    assert json.dumps(classifier.predict(path, top_k=2)) == json.dumps(expected)
 
 
 def test_embed_per_track_and_per_clip(classifier, tmp_path):

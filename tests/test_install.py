@@ -16,7 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, make_class_folder, tiny_config_dict, write_config
+from conftest import REPO_ROOT, class_signal, make_class_folder, tiny_config_dict, write_audio, write_config
+
+# `genrenet predict` with no --checkpoint, in the installed package: which weight files it opens
+# (printed last, on stdout), and no network at all (a connection attempt stops it).
+OFFLINE_PREDICT = """
+import json, sys
+opened = []
+def watch(event, args):
+    if event == "socket.connect":
+        raise RuntimeError("network used")
+    if event == "open" and str(args[0]).endswith(".pt"):
+        opened.append(str(args[0]))
+sys.addaudithook(watch)
+from genrenet.cli import predict_main
+code = predict_main(sys.argv[1:])
+print(json.dumps(opened))
+sys.exit(code)
+"""
 
 
 def run(*command, cwd, check=True):
@@ -107,6 +124,17 @@ def test_installed_package_trains_evaluates_predicts_outside_the_repo(tmp_path):
     assert "written to run/eval_best_test.json" in evaluated.stdout and (work / "run" / "eval_best_test.json").is_file()
     predicted = run(genrenet, "predict", "--checkpoint", "run/best.pt", "data", "--json", cwd=work)
     assert len(json.loads(predicted.stdout)) == 12
+
+    # Music tags out of the box: the shipped tagger, its weights read from the installed package.
+    write_audio(work / "song.wav", class_signal("clicks", 4.0, seed=3, sr=16000), sr=16000)
+    tagged = run(python, "-c", OFFLINE_PREDICT, "song.wav", "--json", cwd=work)
+    *results, opened = tagged.stdout.strip().splitlines()
+    [result] = json.loads("\n".join(results))
+    assert len(result["top"]) == 3 and "tags" in result and "built-in tagger musicnn-msd" in tagged.stderr
+    [weights] = json.loads(opened)  # read once
+    installed = (tmp_path / "venv").resolve()  # the venv's own site-packages, not the repository's copy
+    assert Path(weights).name == "musicnn_msd.pt" and Path(weights).resolve().is_relative_to(installed), weights
+    assert "site-packages" in Path(weights).parts
 
     version = re.search(r'^version = "(.+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert run(genrenet, "--version", cwd=work).stdout.strip() == f"genrenet {version}"

@@ -96,11 +96,31 @@ def test_csv_rows_and_files_from(checkpoint, library, tmp_path):
     assert predict("--checkpoint", checkpoint, "--files-from", listing, "--output", output, "--top-k", "2") == 1
     with open(output, newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["file", "label", "probability", "top", "seconds", "error"]
+    assert list(rows[0]) == ["file", "label", "probability", "top", "tags", "seconds", "error"]
+    assert all(not r["tags"] for r in rows)  # a single-label model says no tags
     assert [r["file"] for r in rows] == [str(f) for f in files]
     good = [r for r in rows if not r["error"]]
     assert len(good) == 4 and all(r["label"] in r["file"] and r["top"].count(":") == 2 for r in good)
     assert float(good[0]["seconds"]) == 1.5
+
+
+def test_resume_continues_a_csv_written_before_the_tags_column(checkpoint, library, tmp_path):
+    _, files = library
+    output = tmp_path / "results.csv"
+    old = ["file", "label", "probability", "top", "seconds", "error"]
+    assert predict("--checkpoint", checkpoint, files[0], "--output", output, "--quiet") == 0
+    with open(output, newline="") as file:
+        [row] = list(csv.DictReader(file))
+    with open(output, "w", newline="") as file:  # as an earlier genrenet wrote it
+        writer = csv.DictWriter(file, old)
+        writer.writeheader()
+        writer.writerow({key: row[key] for key in old})
+    assert predict("--checkpoint", checkpoint, files[0], files[1], "--output", output, "--resume", "--quiet") == 0
+    with open(output, newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    assert reader.fieldnames == old and [r["file"] for r in rows] == [str(files[0]), str(files[1])]
+    assert all(None not in r and r["label"] in r["file"] for r in rows)  # no row wider than the header
 
 
 def test_embeddings_with_an_index(checkpoint, library, tmp_path):
