@@ -8,16 +8,17 @@ import subprocess
 import pytest
 import torch
 from test_distributed import ENV, torchrun
+from test_export import all_probabilities, on_the_pcm_grid, tagger_waveforms
 
 from conftest import CLASSES, make_class_folder, tiny_config_dict, write_config
 from genrenet import Classifier, cli
-from genrenet.checkpoint import load_checkpoint, save_state
-from genrenet.config import crop_frames, from_dict, preprocessing_key
+from genrenet.checkpoint import load_checkpoint, save_checkpoint, save_state
+from genrenet.config import crop_frames, from_dict, preprocessing_key, to_dict
 from genrenet.errors import UserError
 from genrenet.evaluation import evaluate
 from genrenet.musicnn import MusicnnFrontEnd, MusicnnSettings, build_musicnn, pretrained_weights
 from genrenet.probe import TaggerEmbedding
-from genrenet.registry import parameter_groups
+from genrenet.registry import build_model, parameter_groups
 from genrenet.training import train
 
 PROBE = {"name": "musicnn_probe", "pretrained": "musicnn-msd", "embedding": "penultimate"}
@@ -154,3 +155,29 @@ def test_transfer_models_train_under_torchrun(tmp_path, data, model):
     assert "2 processes (torchrun)" in done.stdout
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
     assert saved["training_state"]["finished"] and saved["config"]["model"]["name"] == model["name"]
+
+
+def test_a_probe_exports_with_the_frozen_tagger_inside(tmp_path, capsys):
+    """The exported file runs the tagger and the head from a 16 kHz waveform, as Classifier.predict does."""
+    raw = transfer_config(tmp_path, tmp_path / "data", {**PROBE, "embedding": "pooled", "hidden": 8})
+    config = from_dict(raw)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "best.pt"
+    labels = ["rain", "sea", "wind"]
+    save_checkpoint(
+        checkpoint,
+        model_state=build_model(config, 3).state_dict(),
+        config=to_dict(config),
+        labels=labels,
+        epoch=1,
+        metrics={},
+    )
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript"]) == 0
+    assert "-> probabilities [3] (rain, sea, wind), embedding [8]" in capsys.readouterr().out
+    scripted = torch.jit.load(str(tmp_path / "best.torchscript.pt"))
+    classifier = Classifier.load(checkpoint, device="cpu")
+    for wave in tagger_waveforms():
+        with torch.no_grad():
+            probs = scripted(torch.from_numpy(on_the_pcm_grid(wave)))[0].numpy()
+        expected = all_probabilities(classifier.predict(wave, sample_rate=16000, top_k=3), labels)
+        assert abs(probs - expected).max() < 2e-4
