@@ -101,4 +101,7 @@ def test_a_setting_of_another_kind_of_model_says_whose_it_is(tmp_path):
     with pytest.raises(UserError) as error:
         from_dict(raw)
     message = str(error.value)
-    assert "unknown key 'model.svm_c'" in message and "setting of random_forest, svm, not of small_cnn" in message
+    assert (
+        "unknown key 'model.svm_c'" in message
+        and "setting of logreg, musicnn_logreg, musicnn_svm, random_forest, svm, not of small_cnn" in message
+    )
