@@ -35,6 +35,7 @@ from genrenet.plots import (
     draw_comparison,
     draw_confusion,
     draw_tag_comparison,
+    draw_tag_curves,
     draw_tag_scores,
     write_plot,
 )
@@ -215,7 +216,8 @@ def tracks_to_evaluate(recorded: dict | None, config: Config, split: str) -> tup
 def write_report(report: dict, path: Path, plots: bool = True) -> list[Path]:
     """The report as JSON, its per-track predictions as CSV (same name, .csv) and, with plots, the
     track-level confusion matrix (<name>_confusion.png) and per-class scores (<name>_classes.png),
-    or for a multi-label model the per-tag scores (<name>_tags.png).
+    or for a multi-label model the per-tag scores (<name>_tags.png) and each tag's precision-recall
+    and ROC curves (<name>_curves.png).
     A folder that cannot be written is one warning, never a lost report. Returns what was written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +232,10 @@ def write_report(report: dict, path: Path, plots: bool = True) -> list[Path]:
         return []
     written = [path, path.with_suffix(".csv")]
     if plots and report.get("multi_label"):
-        written.append(write_plot(draw_tag_scores(report["track"]), path.with_name(f"{path.stem}_tags.png")))
+        written += [
+            write_plot(draw_tag_scores(report["track"]), path.with_name(f"{path.stem}_tags.png")),
+            write_plot(draw_tag_curves(report), path.with_name(f"{path.stem}_curves.png")),
+        ]
     elif plots:
         written += [
             write_plot(draw_confusion(report["track"]), path.with_name(f"{path.stem}_confusion.png")),

@@ -115,6 +115,26 @@ def draw_tag_scores(metrics: dict):
     return figure
 
 
+def draw_tag_curves(report: dict):
+    """Precision-recall and ROC curves of each tag the tracks have (sklearn's displays), from a
+    multi-label evaluation report's per-track tags and probabilities."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    metrics, tracks = report["track"], report["tracks"]
+    figure, (pr, roc) = _figure(13, 5, columns=2)
+    for label in metrics["labels"]:
+        truth = [label in track["labels"] for track in tracks]
+        if not any(truth):
+            continue  # absent: no curve
+        scores = [track["probabilities"][label] for track in tracks]
+        PrecisionRecallDisplay.from_predictions(truth, scores, name=label, ax=pr)
+        if not all(truth):
+            RocCurveDisplay.from_predictions(truth, scores, name=label, ax=roc)
+    pr.set_title(f"precision-recall per tag ({metrics['n']} tracks)")
+    roc.set_title("ROC per tag")
+    return figure
+
+
 def _text(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
