@@ -282,7 +282,7 @@ def test_ctrl_c_then_resume_matches_the_uninterrupted_run(trained, tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130 or proc.returncode != 0  # stopped, with a resumable last.pt
+    assert proc.wait(timeout=120) == 130  # stopped by Ctrl-C, with a resumable last.pt
     assert not load_checkpoint(run / "last.pt")["training_state"]["finished"]
     with one_thread():
         resume(run)
