@@ -102,10 +102,13 @@ def mixup(x: torch.Tensor, y: torch.Tensor, n_classes: int, alpha: float) -> tup
     """Mix each example with another of the batch (Zhang et al., "mixup: Beyond Empirical Risk
     Minimization", ICLR 2018): lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha), one per batch.
 
-    Returns the mixed batch and float32 soft targets [batch, n_classes] (rows sum to 1), for
-    torch.nn.functional.cross_entropy. alpha <= 0: x itself and one-hot targets.
+    y: label indices [batch], or multi-hot targets [batch, n_classes] of multi-label data, which
+    are mixed the same way (each tag's target becomes lam, 1 - lam, 1 or 0).
+    Returns the mixed batch and float32 soft targets [batch, n_classes] (single-label rows sum to
+    1), for torch.nn.functional.cross_entropy or binary_cross_entropy_with_logits. alpha <= 0: x
+    itself and the one-hot (or multi-hot) targets.
     """
-    targets = F.one_hot(y, n_classes).float()
+    targets = F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
     if alpha <= 0:
         return x, targets
     lam = torch.distributions.Beta(alpha, alpha).sample().item()

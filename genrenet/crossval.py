@@ -3,7 +3,8 @@
     python train.py --config configs/esc10.yaml --cv
 
 Fold K trains into <run.dir>/fold-K with fold K held out as the test split; the summary (mean
-and sample standard deviation of track accuracy over folds) is printed and written to
+and sample standard deviation of track accuracy over folds; with multi-label data, of track-level
+macro PR-AUC and ROC-AUC) is printed and written to
 <run.dir>/cv.json. A fold that already finished with the same config is kept (with the time
 recorded in its folder when it was trained), and a fold that was interrupted is resumed, so a
 crashed cross-validation continues where it stopped. A fold whose training was not timed in one
@@ -57,28 +58,13 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
             seconds = _recorded_seconds(fold_dir)
         else:  # resumed: the part before the interruption was not timed
             seconds = None
-        rows.append(
-            {
-                "fold": fold,
-                "track_accuracy": report["track"]["accuracy"],
-                "clip_accuracy": report["clip"]["accuracy"],
-                "track_macro_f1": report["track"]["macro_f1"],
-                "test_tracks": report["track"]["n"],
-                "seconds": seconds,
-            }
-        )
-        print(f"fold {fold}: track accuracy {rows[-1]['track_accuracy']:.3f} on {rows[-1]['test_tracks']} tracks")
+        rows.append({"fold": fold, **fold_scores(report), "test_tracks": report["track"]["n"], "seconds": seconds})
+        headline = HEADLINE[bool(report.get("multi_label"))]
+        score = rows[-1][headline]
+        shown = "-" if score is None else f"{score:.3f}"
+        print(f"fold {fold}: {headline.replace('_', ' ')} {shown} on {rows[-1]['test_tracks']} tracks")
 
-    accuracies = [row["track_accuracy"] for row in rows]
-    summary = {
-        "model": config.model.name,
-        "data": config.data.path,
-        "folds": rows,
-        "mean_track_accuracy": statistics.mean(accuracies),
-        "std_track_accuracy": statistics.stdev(accuracies),  # sample standard deviation over folds
-        "mean_clip_accuracy": statistics.mean(row["clip_accuracy"] for row in rows),
-        "seconds": _total_seconds(rows),
-    }
+    summary = summarize(config, rows, multi_label=bool(report.get("multi_label")))
     if not distributed.is_main():
         return summary
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +75,49 @@ def cross_validate(config: Config, overwrite: bool = False, folds: list[int] | N
     return summary
 
 
+# What each fold is summarized by: track accuracy, or for multi-label models macro PR-AUC.
+HEADLINE = {False: "track_accuracy", True: "track_macro_pr_auc"}
+
+
+def fold_scores(report: dict) -> dict:
+    """A fold's test scores from its evaluation report."""
+    track, clip = report["track"], report["clip"]
+    if report.get("multi_label"):
+        return {
+            "track_macro_pr_auc": track["macro_pr_auc"],
+            "track_macro_roc_auc": track["macro_roc_auc"],
+            "clip_macro_pr_auc": clip["macro_pr_auc"],
+            "track_macro_f1": track["macro_f1"],
+        }
+    return {
+        "track_accuracy": track["accuracy"],
+        "clip_accuracy": clip["accuracy"],
+        "track_macro_f1": track["macro_f1"],
+    }
+
+
+def summarize(config: Config, rows: list[dict], multi_label: bool) -> dict:
+    """Mean and sample standard deviation over folds of the headline scores (a multi-label fold
+    whose test tracks leave a score undefined is left out of its mean)."""
+    summary = {"model": config.model.name, "data": config.data.path, "folds": rows}
+    if multi_label:
+        summary["multi_label"] = True
+        for name in ("track_macro_pr_auc", "track_macro_roc_auc"):
+            values = [row[name] for row in rows if row[name] is not None]
+            summary[f"mean_{name}"] = statistics.mean(values) if values else None
+            summary[f"std_{name}"] = statistics.stdev(values) if len(values) > 1 else None
+    else:
+        accuracies = [row["track_accuracy"] for row in rows]
+        summary["mean_track_accuracy"] = statistics.mean(accuracies)
+        summary["std_track_accuracy"] = statistics.stdev(accuracies)  # sample standard deviation over folds
+        summary["mean_clip_accuracy"] = statistics.mean(row["clip_accuracy"] for row in rows)
+    summary["seconds"] = _total_seconds(rows)
+    return summary
+
+
 def format_summary(summary: dict) -> str:
+    if summary.get("multi_label"):
+        return _format_tag_summary(summary)
     lines = [
         "",
         f"cross-validation of {summary['model']} on {summary['data']}",
@@ -100,16 +128,42 @@ def format_summary(summary: dict) -> str:
         f"{r['test_tracks']:6d}  {_seconds_text(r['seconds']):>7}"
         for r in summary["folds"]
     ]
-    total = (
-        f"{summary['seconds']:.0f} s in all"
-        if summary["seconds"] is not None
-        else "no total time: some folds were resumed or kept without a recorded time"
-    )
     lines.append(
         f"mean track accuracy {summary['mean_track_accuracy']:.3f} +/- {summary['std_track_accuracy']:.3f} "
-        f"(sample std over {len(summary['folds'])} folds); {total}"
+        f"(sample std over {len(summary['folds'])} folds); {_total_text(summary)}"
     )
     return "\n".join(lines)
+
+
+def _total_text(summary: dict) -> str:
+    if summary["seconds"] is not None:
+        return f"{summary['seconds']:.0f} s in all"
+    return "no total time: some folds were resumed or kept without a recorded time"
+
+
+def _format_tag_summary(summary: dict) -> str:
+    lines = [
+        "",
+        f"cross-validation of {summary['model']} on {summary['data']} (several tags per track)",
+        "fold  macro PR-AUC  macro ROC-AUC  clip PR-AUC  tracks  seconds",
+    ]
+    lines += [
+        f"{r['fold']:>4}  {_score(r['track_macro_pr_auc']):>12}  {_score(r['track_macro_roc_auc']):>13}  "
+        f"{_score(r['clip_macro_pr_auc']):>11}  {r['test_tracks']:6d}  {_seconds_text(r['seconds']):>7}"
+        for r in summary["folds"]
+    ]
+    for name in ("pr", "roc"):
+        mean, std = summary[f"mean_track_macro_{name}_auc"], summary[f"std_track_macro_{name}_auc"]
+        lines.append(
+            f"mean track macro {name.upper()}-AUC {_score(mean)} +/- {_score(std)} "
+            f"(sample std over {len(summary['folds'])} folds)"
+        )
+    lines.append(_total_text(summary))
+    return "\n".join(lines)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _train_fold(config: Config, overwrite: bool) -> str:

@@ -3,8 +3,12 @@
 Three sources: a folder with one sub-folder per class, a CSV manifest (path,label plus an
 optional split or fold column), and GTZAN in either common layout. Every split is made over
 tracks, never clips, so clips of one track cannot land on both sides.
+
+A manifest with a `labels` column in place of `label` holds tags, any number per track
+(`rock;indie`): the data is then multi-label, its label list the sorted union of the tags.
 """
 
+import collections
 import csv
 import io
 import re
@@ -44,12 +48,25 @@ GTZAN_HELP = (
 )
 
 
+TAG_SEPARATOR = ";"
+
+
 @dataclass(frozen=True)
 class Track:
     path: Path
-    label: str
+    label: str  # multi-label: the sorted tags joined by TAG_SEPARATOR ("" for none)
     split: str | None = None  # given by a manifest or GTZAN's filtered lists
     fold: int | None = None
+    tags: tuple[str, ...] | None = None  # multi-label data only: the track's tags, sorted
+
+
+def tags_of(track: Track) -> tuple[str, ...]:
+    """A track's labels as tags: its tags, or its one label."""
+    return track.tags if track.tags is not None else (track.label,)
+
+
+def is_multi_label(tracks: list[Track]) -> bool:
+    return any(t.tags is not None for t in tracks)
 
 
 def find_tracks(data: DataConfig, min_classes: int = 2) -> list[Track]:
@@ -71,9 +88,11 @@ def find_tracks(data: DataConfig, min_classes: int = 2) -> list[Track]:
         tracks = _folder_tracks(path)
     if not tracks:
         raise UserError(f"no audio files found under data.path '{path}'")
-    labels = {t.label for t in tracks}
+    labels = labels_of(tracks)
     if len(labels) < min_classes:
-        raise UserError(f"data.path '{path}' holds only one class ({labels.pop()}); a classifier needs two or more")
+        kind = "tag" if is_multi_label(tracks) else "class"
+        held = f"only one {kind} ({labels[0]})" if labels else "no tags"
+        raise UserError(f"data.path '{path}' holds {held}; a classifier needs two or more")
     return tracks
 
 
@@ -110,23 +129,34 @@ def split_tracks(tracks: list[Track], data: DataConfig) -> dict[str, list[Track]
 
 
 def labels_of(tracks: list[Track]) -> list[str]:
-    return sorted({t.label for t in tracks})
+    """The label list: every class, or with multi-label data every tag, sorted."""
+    return sorted({tag for t in tracks for tag in tags_of(t)})
+
+
+def targets_of(tracks: list[Track], labels: list[str], multi_label: bool) -> list:
+    """Each track's label index, or with multi_label its multi-hot row over the labels."""
+    index = {label: i for i, label in enumerate(labels)}
+    if not multi_label:
+        return [index[t.label] for t in tracks]
+    return [[int(label in tags_of(t)) for label in labels] for t in tracks]
 
 
 @dataclass
 class SplitData:
-    """The tracks of one split that could be read, with their features and label indices."""
+    """The tracks of one split that could be read, with their features and targets."""
 
     tracks: list[Track]
     features: TrackFeatures  # read from the feature store as they are used
-    targets: list[int]
+    targets: list  # label indices, or multi-label: multi-hot rows [tracks][labels] (targets_of)
 
     @property
     def clip_count(self) -> int:
         return self.features.clip_count
 
 
-def load_split(tracks: list[Track], labels: list[str], config: Config, name: str) -> SplitData:
+def load_split(
+    tracks: list[Track], labels: list[str], config: Config, name: str, multi_label: bool = False
+) -> SplitData:
     """Features of a split's tracks from the cache, computed where missing.
 
     A file that cannot be read is skipped with a summary (data.on_error=skip, the default) or
@@ -135,9 +165,8 @@ def load_split(tracks: list[Track], labels: list[str], config: Config, name: str
     features, failures = cached_features([t.path for t in tracks], config, desc=f"{name} features")
     if failures:
         report_failures(failures, len(tracks), config.data, name)
-    index = {label: i for i, label in enumerate(labels)}
     kept = [t for t in tracks if t.path not in failures]
-    return SplitData(kept, features, [index[t.label] for t in kept])
+    return SplitData(kept, features, targets_of(kept, labels, multi_label))
 
 
 def report_failures(failures: dict[Path, str], total: int, data: DataConfig, name: str) -> None:
@@ -162,8 +191,9 @@ def report_failures(failures: dict[Path, str], total: int, data: DataConfig, nam
 
 class ClipDataset(torch.utils.data.Dataset):
     """Every clip of every track, read a batch at a time: indexed by a list of clip numbers (from a
-    BatchSampler), it returns (features [n, 1, ...] as stored, label indices, track indices), the
-    clips of each shard read in one go rather than collated one by one."""
+    BatchSampler), it returns (features [n, 1, ...] as stored, label indices [n] or multi-hot
+    targets [n, labels], track indices), the clips of each shard read in one go rather than
+    collated one by one."""
 
     def __init__(self, features: TrackFeatures, targets: list[int]):
         self.features = features
@@ -239,10 +269,16 @@ def _read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         columns = reader.fieldnames or []
-        missing = [c for c in ("path", "label") if c not in columns]
+        if "label" in columns and "labels" in columns:
+            raise UserError(
+                f"{manifest}: both a label and a labels column; keep label (one class per track) "
+                "or labels (tags separated by ';')"
+            )
+        missing = [c for c in ("path", "label") if c not in columns and not (c == "label" and "labels" in columns)]
         if missing:
             raise UserError(
-                f"{manifest}: missing column(s) {', '.join(missing)} (need path,label; optional split or fold)"
+                f"{manifest}: missing column(s) {', '.join(missing)} (need path,label, or path,labels with tags "
+                "separated by ';'; optional split or fold)"
             )
         # line_num after a row is its last line, which blank lines and quoted line breaks keep true
         return columns, [(reader.line_num, row) for row in reader]
@@ -254,9 +290,12 @@ def _manifest_row(manifest: Path, line: int, row: dict, columns: list[str]) -> T
     """One manifest row as a track; an empty cell or a path that is no file is an error."""
     # A short row leaves its last cells as None; an empty path would otherwise name the CSV's folder.
     raw_path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-    empty = [name for name, value in (("path", raw_path), ("label", label)) if not value]
+    tags = _row_tags(manifest, line, row["labels"] or "") if "labels" in columns else None
+    empty = [name for name, value in (("path", raw_path), ("label", label or tags is not None)) if not value]
     if empty:
         raise UserError(f"{manifest}:{line}: empty {' and '.join(empty)} (every row needs path,label)")
+    if tags is not None:
+        label = TAG_SEPARATOR.join(tags)
     split = (row.get("split") or "").strip().lower() or None
     if "split" in columns and split not in SPLIT_ALIASES:
         raise UserError(f"{manifest}:{line}: split '{split or ''}' is not train, valid or test")
@@ -268,15 +307,27 @@ def _manifest_row(manifest: Path, line: int, row: dict, columns: list[str]) -> T
     # A folder, pipe or device would fail or block when decoded; a missing file is reported later.
     if path.exists() and not path.is_file():
         raise UserError(f"{manifest}:{line}: '{raw_path}' is not a file")
-    return Track(path=path, label=label, split=SPLIT_ALIASES.get(split), fold=int(fold) if fold else None)
+    return Track(path=path, label=label, split=SPLIT_ALIASES.get(split), fold=int(fold) if fold else None, tags=tags)
+
+
+def _row_tags(manifest: Path, line: int, cell: str) -> tuple[str, ...]:
+    """A labels cell as sorted tags: spaces around each stripped, empty pieces (a trailing ';')
+    dropped, a tag given twice refused (it usually stands for a mistyped other tag). An empty
+    cell is a track with none of the tags: a negative example for every one of them."""
+    tags = [tag.strip() for tag in cell.split(TAG_SEPARATOR) if tag.strip()]
+    repeated = sorted({tag for tag in tags if tags.count(tag) > 1})
+    if repeated:
+        raise UserError(f"{manifest}:{line}: tag '{repeated[0]}' is given twice in labels '{cell.strip()}'")
+    return tuple(sorted(tags))
 
 
 def _refuse_repeat(manifest: Path, line: int, raw_path: str, first: int, earlier: Track, track: Track) -> None:
     """A file listed twice: under two labels, or the same row again (which would count it twice)."""
     if earlier.label != track.label:
+        rule = "list a track once, with all its tags" if track.tags is not None else "a track has one label"
         raise UserError(
             f"{manifest}:{line}: '{raw_path}' is labelled '{track.label}' here but "
-            f"'{earlier.label}' on line {first}; a track has one label"
+            f"'{earlier.label}' on line {first}; {rule}"
         )
     where = ""
     if earlier.split != track.split:
@@ -325,18 +376,27 @@ def _stratified(tracks: list[Track], fraction: float, seed: int) -> tuple[list[T
     """Split tracks in two, keeping class proportions; every class keeps at least one track."""
     if fraction <= 0 or len(tracks) < 2:
         return list(tracks), []
-    labels = [t.label for t in tracks]
+    labels = _strata(tracks)
     try:
         kept, held = train_test_split(tracks, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError:  # a class too small for sklearn to stratify: hold out per class by hand
         rng = np.random.default_rng(seed)
         kept, held = [], []
         for label in sorted(set(labels)):
-            members = [tracks[i] for i in rng.permutation(len(tracks)) if tracks[i].label == label]
+            members = [tracks[i] for i in rng.permutation(len(tracks)) if labels[i] == label]
             count = min(round(fraction * len(members)), len(members) - 1)
             held += members[:count]
             kept += members[count:]
     return sorted(kept, key=_order), sorted(held, key=_order)
+
+
+def _strata(tracks: list[Track]) -> list[str]:
+    """What a split keeps in proportion: each track's class, or with multi-label data its rarest
+    tag (ties: the first by name; "" for no tag), so every tag is spread over the splits."""
+    if not is_multi_label(tracks):
+        return [t.label for t in tracks]
+    counts = collections.Counter(tag for t in tracks for tag in t.tags)
+    return [min(t.tags, key=lambda tag: (counts[tag], tag), default="") for t in tracks]
 
 
 def _order(track: Track):

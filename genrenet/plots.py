@@ -36,14 +36,12 @@ def _figure(width: float, height: float, columns: int = 1):
 
 
 def draw_learning_curves(rows: list[dict]):
-    """Loss, accuracy and learning rate per epoch, from metrics.jsonl rows."""
+    """Loss, accuracy (multi-label: tag accuracy and validation macro ROC-AUC and PR-AUC) and
+    learning rate per epoch, from metrics.jsonl rows."""
     figure, (loss, accuracy, lr) = _figure(13, 3.8, columns=3)
     epochs = [row["epoch"] for row in rows]
-    for axes, keys in (
-        (loss, ("train_loss", "valid_loss")),
-        (accuracy, ("train_acc", "valid_clip_acc", "valid_track_acc")),
-        (lr, ("lr",)),
-    ):
+    scores = ("train_acc", "valid_clip_acc", "valid_track_acc", "valid_roc_auc", "valid_pr_auc")
+    for axes, keys in ((loss, ("train_loss", "valid_loss")), (accuracy, scores), (lr, ("lr",))):
         for key in keys:
             values = [np.nan if row.get(key) is None else row[key] for row in rows]
             if not all(np.isnan(values)):
@@ -52,7 +50,7 @@ def draw_learning_curves(rows: list[dict]):
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend()
     loss.set_title("loss")
-    accuracy.set_title("accuracy")
+    accuracy.set_title("accuracy and AUC" if any("valid_pr_auc" in row for row in rows) else "accuracy")
     accuracy.set_ylim(0, 1.02)
     lr.set_title("learning rate (end of epoch)")
     return figure
@@ -99,17 +97,89 @@ def draw_class_scores(metrics: dict):
     return figure
 
 
+def draw_tag_scores(metrics: dict):
+    """ROC-AUC, PR-AUC and F1 of each tag as grouped horizontal bars; an absent tag has none."""
+    labels = metrics["labels"]
+    figure, (axes,) = _figure(8, max(3.5, 0.3 * len(labels) * 1.5 + 1.5))
+    y = np.arange(len(labels))
+    for i, key in enumerate(("roc_auc", "pr_auc", "f1-score")):
+        values = [metrics["per_tag"][label][key] for label in labels]
+        axes.barh(y + (i - 1) * 0.27, [np.nan if v is None else v for v in values], height=0.27, label=key)
+    axes.set_yticks(y, [f"{label} (absent)" if label in metrics["absent"] else label for label in labels])
+    axes.invert_yaxis()  # first tag on top, as in the text report
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("score")
+    macro = f"macro ROC-AUC {_text(metrics['macro_roc_auc'])}, PR-AUC {_text(metrics['macro_pr_auc'])}"
+    axes.set_title(f"per-tag scores ({macro})")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def draw_tag_curves(report: dict):
+    """Precision-recall and ROC curves of each tag the tracks have (sklearn's displays), from a
+    multi-label evaluation report's per-track tags and probabilities."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    metrics, tracks = report["track"], report["tracks"]
+    figure, (pr, roc) = _figure(13, 5, columns=2)
+    for label in metrics["labels"]:
+        truth = [label in track["labels"] for track in tracks]
+        if not any(truth):
+            continue  # absent: no curve
+        scores = [track["probabilities"][label] for track in tracks]
+        PrecisionRecallDisplay.from_predictions(truth, scores, name=label, ax=pr)
+        if not all(truth):
+            RocCurveDisplay.from_predictions(truth, scores, name=label, ax=roc)
+    pr.set_title(f"precision-recall per tag ({metrics['n']} tracks)")
+    roc.set_title("ROC per tag")
+    return figure
+
+
+def _text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def draw_tag_comparison(comparison: dict):
+    """Several multi-label checkpoints on the same tracks: macro ROC-AUC and PR-AUC, and per-tag PR-AUC."""
+    entries = comparison["checkpoints"]
+    labels = list(entries[0]["per_tag_pr_auc"])
+    figure, (left, right) = _figure(13, max(4.0, 0.3 * len(labels) * len(entries) / 2 + 2), columns=2)
+    keys = [f"{e['key']}: {e['model']}" for e in entries]
+    x = np.arange(len(entries))
+    for i, name in enumerate(("macro_roc_auc", "macro_pr_auc")):
+        values = [np.nan if e[name] is None else e[name] for e in entries]
+        left.bar(x + (i - 0.5) * 0.4, values, width=0.4, label=name)
+    left.set_xticks(x, keys)
+    left.set_ylim(0, 1.02)
+    left.set_title("track level")
+    left.legend(loc="lower right")
+    y, height = np.arange(len(labels)), 0.8 / len(entries)
+    for i, (key, entry) in enumerate(zip(keys, entries)):
+        values = [entry["per_tag_pr_auc"].get(label) for label in labels]
+        right.barh(y + i * height, [np.nan if v is None else v for v in values], height=height, label=key)
+    right.set_yticks(y + height * (len(entries) - 1) / 2, labels)
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_title("per-tag PR-AUC")
+    right.legend(loc="lower right")
+    return figure
+
+
 def draw_cross_validation(summary: dict):
-    """Track accuracy of each fold, with the mean and a band of one sample standard deviation."""
+    """Track accuracy (multi-label: macro PR-AUC) of each fold, with the mean and a band of one
+    sample standard deviation."""
     figure, (axes,) = _figure(6, 4)
+    key = "track_macro_pr_auc" if summary.get("multi_label") else "track_accuracy"
     folds = [str(row["fold"]) for row in summary["folds"]]
-    axes.bar(folds, [row["track_accuracy"] for row in summary["folds"]], color="tab:blue", label="fold")
-    mean, std = summary["mean_track_accuracy"], summary["std_track_accuracy"]
-    axes.axhline(mean, color="black", label=f"mean {mean:.3f} ± {std:.3f}")
-    axes.axhspan(mean - std, mean + std, color="gray", alpha=0.25)
+    values = [np.nan if row[key] is None else row[key] for row in summary["folds"]]
+    axes.bar(folds, values, color="tab:blue", label="fold")
+    mean, std = summary[f"mean_{key}"], summary[f"std_{key}"]
+    if mean is not None:
+        axes.axhline(mean, color="black", label=f"mean {mean:.3f} ± {_text(std)}")
+        axes.axhspan(mean - (std or 0), mean + (std or 0), color="gray", alpha=0.25)
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("test fold")
-    axes.set_ylabel("track accuracy")
+    axes.set_ylabel(key.replace("_", " "))
     axes.set_title(f"cross-validation of {summary['model']}")
     axes.legend(loc="lower right")
     return figure

@@ -36,8 +36,9 @@ RUN_FILES = (
 
 
 class RunWriter:
-    def __init__(self, run_dir: Path, config: Config, labels: list[str], split: dict):
+    def __init__(self, run_dir: Path, config: Config, labels: list[str], split: dict, multi_label: bool = False):
         self.dir, self.config, self.labels, self.split = Path(run_dir), config, list(labels), split
+        self.multi_label = multi_label  # the labels are tags: checkpoints carry the flag and per-tag thresholds
         self.metrics_log = self.dir / "metrics.jsonl"
         self.previous = self.dir / "previous"
         self.logs = []  # run.log's extra formats, opened by start() or keep_epochs()
@@ -115,9 +116,16 @@ class RunWriter:
         self.logs = []
 
     def save(
-        self, name: str, model: torch.nn.Module, epoch: int, metrics: dict, training_state: dict | None = None
+        self,
+        name: str,
+        model: torch.nn.Module,
+        epoch: int,
+        metrics: dict,
+        training_state: dict | None = None,
+        thresholds: list[float] | None = None,
     ) -> None:
-        """A checkpoint of the model; training_state (to resume the run) goes into last.pt only."""
+        """A checkpoint of the model; training_state (to resume the run) goes into last.pt only;
+        thresholds: a multi-label model's per-tag thresholds."""
         with self._reporting_disk_errors(self.dir / name):
             save_checkpoint(
                 self.dir / name,
@@ -128,6 +136,8 @@ class RunWriter:
                 metrics=metrics,
                 split=self.split,
                 training_state=training_state,
+                multi_label=self.multi_label,
+                thresholds=thresholds,
             )
         if name == "best.pt":
             shutil.rmtree(self.previous, ignore_errors=True)  # this run now has a model of its own

@@ -11,7 +11,19 @@ from pathlib import Path
 
 from genrenet.errors import UserError
 
-CSV_COLUMNS = ("epoch", "train_loss", "train_acc", "lr", "valid_loss", "valid_clip_acc", "valid_track_acc", "seconds")
+# The last two are multi-label runs' (validation macro ROC-AUC and PR-AUC), empty in the others.
+CSV_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "lr",
+    "valid_loss",
+    "valid_clip_acc",
+    "valid_track_acc",
+    "seconds",
+    "valid_roc_auc",
+    "valid_pr_auc",
+)
 # metrics.jsonl key -> TensorBoard tag; grouped by what is compared on one chart.
 TENSORBOARD_TAGS = {
     "train_loss": "loss/train",
@@ -19,6 +31,8 @@ TENSORBOARD_TAGS = {
     "train_acc": "accuracy/train",
     "valid_clip_acc": "accuracy/valid_clip",
     "valid_track_acc": "accuracy/valid_track",
+    "valid_roc_auc": "auc/valid_macro_roc",
+    "valid_pr_auc": "auc/valid_macro_pr",
     "lr": "lr/epoch",
 }
 MISSING_TENSORBOARD = (

@@ -9,8 +9,10 @@ on crops shorter than a clip scores each clip the same way over windows of the c
 """
 
 import collections
+import math
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from genrenet.store import TrackFeatures
@@ -222,4 +224,73 @@ def score_clips(clip_scores: list[torch.Tensor], targets: list[int]) -> dict:
         "loss": torch.nn.functional.nll_loss(all_clips, clip_targets).item(),
         "clip_acc": (all_clips.argmax(dim=1) == clip_targets).float().mean().item(),
         "track_acc": (track_decision == torch.tensor(targets)).float().mean().item(),
+    }
+
+
+# --- multi-label (tag) scores ------------------------------------------------------------------
+
+DEFAULT_THRESHOLD = 0.5  # a tag's threshold where the validation split cannot inform one
+
+
+def tag_aucs(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """ROC-AUC and PR-AUC (average precision) of each tag and their macro means, from sklearn.
+
+    y_true, probs: [tracks, tags]. A tag's ROC-AUC needs tracks with and without it, its PR-AUC
+    tracks with it: where these are missing its value is None, and the macro means (NaN when no
+    tag has one) leave it out rather than count it as 0."""
+    from sklearn.metrics import average_precision_score, roc_auc_score  # here: prediction never needs it
+
+    positives = y_true.sum(axis=0)
+    ranked = (positives > 0) & (positives < len(y_true))
+    roc = roc_auc_score(y_true[:, ranked], probs[:, ranked], average=None) if ranked.any() else []
+    precise = positives > 0
+    pr = average_precision_score(y_true[:, precise], probs[:, precise], average=None) if precise.any() else []
+    per_tag_roc, per_tag_pr = _spread(np.atleast_1d(roc), ranked), _spread(np.atleast_1d(pr), precise)
+    return {
+        "roc_auc": per_tag_roc,
+        "pr_auc": per_tag_pr,
+        "macro_roc_auc": float(np.mean(roc)) if ranked.any() else math.nan,
+        "macro_pr_auc": float(np.mean(pr)) if precise.any() else math.nan,
+    }
+
+
+def _spread(values: np.ndarray, where: np.ndarray) -> list:
+    """values of the tags where `where` holds, None for the others, in tag order."""
+    it = iter(values.tolist())
+    return [next(it) if defined else None for defined in where]
+
+
+def best_thresholds(y_true: np.ndarray, probs: np.ndarray) -> list[float]:
+    """Per tag, a probability threshold that maximizes its F1 on these tracks (a tag is said when
+    its probability is at least the threshold): midway between the lowest score said at the best
+    F1 and the next lower score, which keeps that F1 here and leaves a margin either side (the
+    lowest positive score itself sits at the edge of the tracks that will come); DEFAULT_THRESHOLD
+    for a tag the tracks cannot inform (none of them, or all of them, have it)."""
+    from sklearn.metrics import precision_recall_curve  # here: prediction never needs it
+
+    thresholds = []
+    for tag in range(y_true.shape[1]):
+        positives = int(y_true[:, tag].sum())
+        if positives in (0, len(y_true)):
+            thresholds.append(DEFAULT_THRESHOLD)
+            continue
+        precision, recall, cuts = precision_recall_curve(y_true[:, tag], probs[:, tag])
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        best = int(np.argmax(f1[:-1]))  # the last point has no threshold; cuts rise, argmax takes the lowest
+        thresholds.append(float((cuts[best] + (cuts[best - 1] if best else 0.0)) / 2))
+    return thresholds
+
+
+def score_tags(clip_scores: list[torch.Tensor], targets: list[list[int]]) -> dict:
+    """Validation of a multi-label model, from each track's clip tag log-probabilities: the clips'
+    binary cross-entropy, track-level macro ROC-AUC and PR-AUC, and the tags' best thresholds."""
+    clip_targets = torch.tensor(per_clip(targets, clip_scores), dtype=torch.float32)
+    probs = track_probs(clip_scores, multi_label=True).numpy()
+    y_true = np.asarray(targets)
+    aucs = tag_aucs(y_true, probs)
+    return {
+        "loss": torch.nn.functional.binary_cross_entropy(torch.cat(clip_scores).exp(), clip_targets).item(),
+        "roc_auc": aucs["macro_roc_auc"],
+        "pr_auc": aucs["macro_pr_auc"],
+        "thresholds": best_thresholds(y_true, probs),
     }

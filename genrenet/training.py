@@ -27,7 +27,18 @@ from genrenet import distributed
 from genrenet.augment import SpectrogramAugment, mixup
 from genrenet.checkpoint import load_checkpoint
 from genrenet.config import Config, crop_frames, from_dict
-from genrenet.datasets import SPLITS, ClipDataset, SplitData, Track, find_tracks, labels_of, load_split, split_tracks
+from genrenet.datasets import (
+    SPLITS,
+    ClipDataset,
+    SplitData,
+    Track,
+    find_tracks,
+    is_multi_label,
+    labels_of,
+    load_split,
+    split_tracks,
+    tags_of,
+)
 from genrenet.device import resolve_device
 from genrenet.errors import UserError, error_line
 from genrenet.models import count_parameters
@@ -37,7 +48,7 @@ from genrenet.registry import build_model, features_of, frames_per_second, model
 from genrenet.rundir import NoWriter, RunWriter
 from genrenet.runlock import RunLock
 from genrenet.runlogs import check_logs
-from genrenet.scores import clip_log_probs, score_clips, split_scores, track_predictions
+from genrenet.scores import DEFAULT_THRESHOLD, clip_log_probs, score_clips, score_tags, split_scores, track_predictions
 
 RANK_SEED_STEP = 7919  # under torchrun each rank draws its own augmentation from (seed, epoch, rank)
 SYNC_STEPS = 25  # steps between reading the running loss back from the device (a GPU waits for it)
@@ -78,6 +89,7 @@ class TrainingData:
     valid: SplitData | None  # None: no validation split, best.pt is the final epoch
     test_tracks: list[Track]
     split_record: dict  # every track of every split, for the run directory and checkpoints
+    multi_label: bool = False  # tags, any number per track: sigmoid outputs and binary cross-entropy
 
 
 @dataclass
@@ -89,7 +101,7 @@ class RunState:
     seen: int = 0  # clips, loss sum and correct predictions of those batches
     loss_sum: float = 0.0
     correct: int = 0
-    best_score: tuple = (-1.0, math.inf)  # (valid track accuracy, valid loss) of best.pt
+    best_score: tuple = (-1.0, math.inf)  # (selection score, valid loss) of best.pt: see selection_score
     best_epoch: int = 0
     finished: bool = False
 
@@ -236,21 +248,24 @@ def prepare_data(config: Config, recorded: dict | None = None) -> TrainingData:
         raise UserError("the valid split has no tracks: raise data.valid_fraction or add valid rows to the manifest")
     if not validating and config.train.early_stopping:
         raise UserError("train.early_stopping needs a validation split, but data.valid_fraction is 0")
-    labels = labels_of(splits["train"] + splits["valid"] + splits["test"])
-    untrained = sorted(set(labels) - {t.label for t in splits["train"]})
+    every = splits["train"] + splits["valid"] + splits["test"]
+    labels, multi_label = labels_of(every), is_multi_label(every)
+    kind = "tag(s)" if multi_label else "class(es)"
+    untrained = sorted(set(labels) - {tag for t in splits["train"] for tag in tags_of(t)})
     if untrained:
-        raise UserError(f"class(es) with no training track: {', '.join(untrained)}")
-    train_data = load_split(splits["train"], labels, config, "train")
-    valid_data = load_split(splits["valid"], labels, config, "valid") if validating else None
+        raise UserError(f"{kind} with no training track: {', '.join(untrained)}")
+    train_data = load_split(splits["train"], labels, config, "train", multi_label)
+    valid_data = load_split(splits["valid"], labels, config, "valid", multi_label) if validating else None
     if not train_data.tracks or (valid_data is not None and not valid_data.tracks):
         raise UserError(f"no {'training' if not train_data.tracks else 'validation'} track could be read")
-    unreadable = sorted(set(labels) - {labels[t] for t in train_data.targets})
+    unreadable = sorted(set(labels) - {tag for t in train_data.tracks for tag in tags_of(t)})
     if unreadable:  # every training file of these classes failed to decode and was skipped
         raise UserError(
-            f"class(es) with no readable training track: {', '.join(unreadable)} "
+            f"{kind} with no readable training track: {', '.join(unreadable)} "
             "(all of their training files were skipped as unreadable)"
         )
-    return TrainingData(labels, train_data, valid_data, splits["test"], record_split(splits, config.data))
+    record = record_split(splits, config.data)
+    return TrainingData(labels, train_data, valid_data, splits["test"], record, multi_label)
 
 
 def print_data_summary(data: TrainingData) -> None:
@@ -259,8 +274,9 @@ def print_data_summary(data: TrainingData) -> None:
         if data.valid is not None
         else "no validation split (best.pt will be the final epoch)"
     )
+    kind = "tags (several per track)" if data.multi_label else "classes"
     print(
-        f"data: {len(data.labels)} classes; train {len(data.train.tracks)} tracks ({data.train.clip_count} clips), "
+        f"data: {len(data.labels)} {kind}; train {len(data.train.tracks)} tracks ({data.train.clip_count} clips), "
         f"{valid}, test {len(data.test_tracks)} tracks"
     )
 
@@ -323,7 +339,11 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Pa
     data = prepare_data(config, recorded=resume_state.get("split") if resume_state else None)
     print_data_summary(data)
     learner = build_learner(config, data, device)
-    writer = RunWriter(run_dir, config, data.labels, data.split_record) if distributed.is_main() else NoWriter(run_dir)
+    writer = (
+        RunWriter(run_dir, config, data.labels, data.split_record, data.multi_label)
+        if distributed.is_main()
+        else NoWriter(run_dir)
+    )
     if resume_state is None:
         state = RunState()
         writer.start(keep_previous=True)
@@ -351,7 +371,7 @@ def fit_by_steps(config: Config, run_dir: Path, resume_state: dict | None) -> Pa
         writer.close()  # an interrupted run's logs are complete up to where it stopped
     distributed.barrier()  # rank 0's last files are written before any rank goes on (--cv evaluates next)
     chosen = (
-        f"best validation track accuracy {state.best_score[0]:.3f}"
+        f"best validation {'macro PR-AUC' if data.multi_label else 'track accuracy'} {state.best_score[0]:.3f}"
         if data.valid is not None
         else "the final epoch: no validation split"
     )
@@ -422,13 +442,16 @@ def restore(learner: Learner, saved: dict) -> RunState:
         ) from None
 
 
-def save_last(writer: RunWriter, learner: Learner, state: RunState, epoch: int, metrics: dict) -> None:
+def save_last(
+    writer: RunWriter, learner: Learner, state: RunState, epoch: int, metrics: dict, thresholds: list | None = None
+) -> None:
     cuda = learner.device.type == "cuda"
     writer.save(
         "last.pt",
         learner.model,
         epoch,
         metrics,
+        thresholds=thresholds,
         training_state={
             "optimizer": learner.optimizer.state_dict(),
             "scheduler": learner.scheduler.state_dict(),
@@ -473,7 +496,7 @@ def run_epoch(
     )
     unsynced = torch.zeros(3, dtype=torch.float64, device=learner.device)  # clips, loss sum, correct
     for step, (x, y, _) in enumerate(bar, start=state.batches_done):
-        unsynced += take_step(learner, config, len(data.labels), x, y)
+        unsynced += take_step(learner, config, len(data.labels), x, y, data.multi_label)
         writer.log_step((epoch - 1) * steps + step + 1, learner.scheduler.get_last_lr()[0])
         if (step + 1) % SYNC_STEPS == 0 or step + 1 == steps or stop.requested:
             add_running_totals(state, unsynced, config)
@@ -485,23 +508,36 @@ def run_epoch(
     bar.close()
 
 
-def take_step(learner: Learner, config: Config, n_classes: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def take_step(
+    learner: Learner, config: Config, n_classes: int, x: torch.Tensor, y: torch.Tensor, multi_label: bool = False
+) -> torch.Tensor:
     """One optimizer step on a batch; returns [clips, loss sum, correct] on the device, so the step
-    never waits for the GPU to report them."""
+    never waits for the GPU to report them. y: label indices, or multi-hot rows (multi_label)."""
     x = learner.augment(x.to(learner.device, non_blocking=True).float())  # stored float16, sent as such
     y = y.to(learner.device, non_blocking=True)
     x, target = mixup(x, y, n_classes, config.augment.mixup_alpha)
     with torch.autocast(learner.device.type, dtype=learner.amp_dtype, enabled=learner.amp_dtype is not None):
         logits = learner.stepper(x)["logits"]
-    loss = torch.nn.functional.cross_entropy(logits.float(), target, label_smoothing=config.train.label_smoothing)
+    loss = training_loss(logits.float(), target, config.train.label_smoothing, multi_label)
     learner.optimizer.zero_grad(set_to_none=True)
     learner.scaler.scale(loss).backward()
     learner.scaler.step(learner.optimizer)
     learner.scaler.update()
     learner.scheduler.step()
     clips = torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
-    correct = (logits.argmax(dim=1) == y).sum().double()
+    if multi_label:  # a clip's share of tags decided right at probability 0.5 (logit 0)
+        correct = ((logits > 0) == (y > 0)).double().mean(dim=1).sum()
+    else:
+        correct = (logits.argmax(dim=1) == y).sum().double()
     return torch.stack([clips, loss.detach().double() * len(y), correct])
+
+
+def training_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, multi_label: bool) -> torch.Tensor:
+    """Cross-entropy over the classes, or with multi_label binary cross-entropy of each tag, whose
+    (soft) targets label smoothing pulls toward 1/2 as cross_entropy pulls its targets toward 1/classes."""
+    if not multi_label:
+        return torch.nn.functional.cross_entropy(logits, target, label_smoothing=smoothing)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target * (1 - smoothing) + smoothing / 2)
 
 
 def add_running_totals(state: RunState, unsynced: torch.Tensor, config: Config) -> None:
@@ -512,7 +548,7 @@ def add_running_totals(state: RunState, unsynced: torch.Tensor, config: Config) 
         raise diverged(config, state, f"the loss became {loss_sum}")
     state.seen += int(seen)
     state.loss_sum += loss_sum
-    state.correct += int(correct)
+    state.correct += correct  # multi-label: fractional (the share of a clip's tags decided right)
 
 
 def diverged(config: Config, state: RunState, what: str) -> UserError:
@@ -541,43 +577,51 @@ def end_epoch(
         "train_acc": correct / max(seen, 1),
         "lr": learner.scheduler.get_last_lr()[0],
     }
+    thresholds = [DEFAULT_THRESHOLD] * len(data.labels) if data.multi_label else None
     if data.valid is not None:
-        row.update({f"valid_{k}": v for k, v in validation_scores(learner, config, data.valid).items()})
+        scores = validation_scores(learner, config, data.valid, data.multi_label)
+        thresholds = scores.pop("thresholds", thresholds)
+        row.update({f"valid_{k}": v for k, v in scores.items()})
     row["seconds"] = round(time.time() - started, 2)
     writer.log(row)
 
-    improved = is_better(row, state) if data.valid is not None else True  # no validation: the latest epoch
+    # no validation: the latest epoch is the best
+    improved = data.valid is None or is_better(row, state, data.multi_label)
     if improved:
-        state.best_score = (row["valid_track_acc"], row["valid_loss"]) if data.valid is not None else (-1.0, math.inf)
+        state.best_score = selection_score(row, data.multi_label) if data.valid is not None else (-1.0, math.inf)
         state.best_epoch = epoch
-        writer.save("best.pt", learner.model, epoch, row)
+        writer.save("best.pt", learner.model, epoch, row, thresholds=thresholds)
     patience = config.train.early_stopping
     stopping = bool(patience) and epoch - state.best_epoch >= patience
     state.epoch, state.batches_done = epoch + 1, 0
     state.seen, state.loss_sum, state.correct = 0, 0.0, 0
     state.finished = epoch == config.train.epochs or stopping
-    save_last(writer, learner, state, epoch=epoch, metrics=row)
+    save_last(writer, learner, state, epoch=epoch, metrics=row, thresholds=thresholds)
     print(epoch_line(row, marked=improved and data.valid is not None), flush=True)
     if stopping:
         print(f"early stopping: no better validation score for {patience} epochs")
 
 
-def validation_scores(learner: Learner, config: Config, valid: SplitData) -> dict:
-    """Loss and accuracies on the validation split; under torchrun each rank scores its share of
-    the tracks and every rank gets the same scores of the whole split."""
+def validation_scores(learner: Learner, config: Config, valid: SplitData, multi_label: bool = False) -> dict:
+    """Loss and accuracies on the validation split, or with multi_label loss, macro ROC-AUC and
+    PR-AUC and each tag's best threshold; under torchrun each rank scores its share of the tracks
+    and every rank gets the clip scores of the whole split, so the AUCs are those of one process."""
     mine = distributed.share(list(range(len(valid.features))))
-    scores = clip_log_probs(learner.model, valid.features.subset(mine), learner.device, window=crop_frames(config))
+    window = crop_frames(config)
+    scores = clip_log_probs(
+        learner.model, valid.features.subset(mine), learner.device, window=window, multi_label=multi_label
+    )
     clip_scores = [None] * len(valid.features)
     for tracks, track_scores in distributed.gather_objects((mine, scores)):
         for track, clip_score in zip(tracks, track_scores):
             clip_scores[track] = clip_score
-    return score_clips(clip_scores, valid.targets)
+    return score_tags(clip_scores, valid.targets) if multi_label else score_clips(clip_scores, valid.targets)
 
 
 def best_confusion(learner: Learner, config: Config, data: TrainingData, writer: RunWriter) -> dict | None:
     """For TensorBoard: best.pt's track-level confusion matrix on the validation split (None when
     nothing would show it). Loads best.pt's weights into the model: training is over."""
-    if data.valid is None or "tensorboard" not in config.run.log or not distributed.is_main():
+    if data.valid is None or data.multi_label or "tensorboard" not in config.run.log or not distributed.is_main():
         return None
     learner.model.load_state_dict(load_checkpoint(writer.dir / "best.pt")["model_state"])
     predicted = track_predictions(learner.model, data.valid.features, learner.device, crop_frames(config))
@@ -588,28 +632,47 @@ def best_confusion(learner: Learner, config: Config, data: TrainingData, writer:
     }
 
 
-def is_better(row: dict, state: RunState) -> bool:
-    """Higher validation track accuracy wins; on a tie, lower validation loss."""
-    accuracy, loss = row["valid_track_acc"], row["valid_loss"]
-    best_accuracy, best_loss = state.best_score
-    return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
+def selection_score(row: dict, multi_label: bool = False) -> tuple:
+    """(score, loss) of an epoch for choosing best.pt: validation track accuracy, or with
+    multi_label macro PR-AUC (-1 when no tag could be scored), and the validation loss."""
+    score = row["valid_pr_auc"] if multi_label else row["valid_track_acc"]
+    return (score if math.isfinite(score) else -1.0, row["valid_loss"])
+
+
+def is_better(row: dict, state: RunState, multi_label: bool = False) -> bool:
+    """A higher selection score wins; on a tie, lower validation loss."""
+    score, loss = selection_score(row, multi_label)
+    best_score, best_loss = state.best_score
+    return score > best_score or (score == best_score and loss < best_loss)
 
 
 def epoch_line(row: dict, marked: bool) -> str:
-    valid = (
-        f"| valid loss {row['valid_loss']:.3f} clip acc {row['valid_clip_acc']:.3f} "
-        f"track acc {row['valid_track_acc']:.3f} "
-        if "valid_loss" in row
-        else ""
-    )
+    if "valid_pr_auc" in row:  # multi-label: * marks the best macro PR-AUC
+        valid = (
+            f"| valid loss {row['valid_loss']:.3f} macro ROC-AUC {row['valid_roc_auc']:.3f} "
+            f"PR-AUC {row['valid_pr_auc']:.3f} "
+        )
+    elif "valid_loss" in row:
+        valid = (
+            f"| valid loss {row['valid_loss']:.3f} clip acc {row['valid_clip_acc']:.3f} "
+            f"track acc {row['valid_track_acc']:.3f} "
+        )
+    else:
+        valid = ""
+    accuracy = "tag acc" if "valid_pr_auc" in row else "acc"
     return (
-        f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} "
+        f"epoch {row['epoch']:3d} | train loss {row['train_loss']:.3f} {accuracy} {row['train_acc']:.3f} "
         f"{valid}| {row['seconds']:.1f}s{' *' if marked else ''}"
     )
 
 
 def fit_once(config: Config, run_dir: Path) -> Path:
     """Models fitted in one call (the classic SVM and random forest) on every training clip."""
+    if is_multi_label(find_tracks(config.data)):  # said before any feature is computed
+        raise UserError(
+            f"{config.model.name} takes one label per track; for data with a labels column (several tags "
+            "per track) choose a model trained by gradient steps, such as small_cnn"
+        )
     data = prepare_data(config)
     print_data_summary(data)
     model = build_model(config, len(data.labels))
