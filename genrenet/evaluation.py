@@ -119,7 +119,10 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
     device = resolve_device(config.train.device)
     trained.model.to(device)
 
-    tracks, split_source = tracks_to_evaluate(state.get("split"), config, split)
+    if "tagger" in state:  # a built-in tagger was trained on none of the user's files: all of them are test data
+        tracks, split_source = find_tracks(config.data, min_classes=1), f"every track (the built-in {state['tagger']})"
+    else:
+        tracks, split_source = tracks_to_evaluate(state.get("split"), config, split)
     if not tracks:
         raise UserError(f"the {split} split has no tracks")
     if is_multi_label(tracks) and not trained.multi_label:
@@ -138,7 +141,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", overrides: list[str] =
         raise UserError(f"none of the {len(tracks)} {split} tracks could be read")
     header = {
         "checkpoint": str(checkpoint),
-        "epoch": state["epoch"],
+        "epoch": state.get("epoch"),  # None for a built-in tagger
         "split": split,
         "model": config.model.name,
         "data": config.data.path,
@@ -332,10 +335,9 @@ def default_report_path(checkpoint: str | Path, split: str) -> Path:
 
 
 def format_report(report: dict) -> str:
-    lines = [
-        f"{report['checkpoint']} (epoch {report['epoch']}, {report['model']}) on the {report['split']} split "
-        f"of {report['data']}"
-    ]
+    trained = "built-in tagger" if report["epoch"] is None else f"epoch {report['epoch']}"
+    tracks = "every track" if report["epoch"] is None else f"the {report['split']} split"
+    lines = [f"{report['checkpoint']} ({trained}, {report['model']}) on {tracks} of {report['data']}"]
     if report.get("multi_label"):
         return "\n".join(lines + _tag_lines(report))
     for level in ("track", "clip"):

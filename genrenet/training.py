@@ -671,7 +671,7 @@ def fit_once(config: Config, run_dir: Path) -> Path:
     if is_multi_label(find_tracks(config.data)):  # said before any feature is computed
         raise UserError(
             f"{config.model.name} takes one label per track; for data with a labels column (several tags "
-            "per track) choose a model trained by gradient steps, such as small_cnn"
+            "per track) choose a model trained by gradient steps, such as small_cnn or musicnn_probe"
         )
     data = prepare_data(config)
     print_data_summary(data)

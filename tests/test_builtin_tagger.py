@@ -268,3 +268,28 @@ def test_single_label_results_have_no_tags(tmp_path):
     assert set(classifier.predict(samples, sample_rate=SR)) == {"top", "seconds"}
     with pytest.raises(UserError, match="a threshold applies to multi-label models"):
         classifier.predict(samples, sample_rate=SR, threshold=0.5)
+
+
+def test_a_builtin_tagger_is_evaluated_on_every_track_of_tagged_data(tmp_path, capsys):
+    """The tagger trained on none of the user's files, so all of them are its test data; the report's
+    macro ROC-AUC is sklearn's on the report's own track probabilities."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for i, (label, tags) in enumerate([("tone", "jazz"), ("noise", "rock;electronic"), ("clicks", "jazz;rock")] * 2):
+        write_audio(tmp_path / f"{i}.wav", class_signal(label, 4.0, seed=i))
+        rows.append(f"{i}.wav,{tags}")
+    (tmp_path / "tags.csv").write_text("path,labels\n" + "\n".join(rows) + "\n")
+    output = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", "musicnn-msd", "--data", str(tmp_path / "tags.csv"), "--output", str(output)]
+    assert cli.main([*args, "--no-plots"]) == 0
+    assert (
+        f"musicnn-msd (built-in tagger, musicnn) on every track of {tmp_path / 'tags.csv'}" in capsys.readouterr().out
+    )
+    report = json.loads(output.read_text())
+    assert report["track"]["n"] == 6 and report["epoch"] is None
+    present = ["rock", "electronic", "jazz"]
+    truth = [[tag in track["labels"] for tag in present] for track in report["tracks"]]
+    probs = [[track["probabilities"][tag] for tag in present] for track in report["tracks"]]
+    assert report["track"]["macro_roc_auc"] == pytest.approx(roc_auc_score(truth, probs, average="macro"), abs=1e-4)
+    assert "pop" in report["track"]["absent"]
