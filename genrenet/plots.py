@@ -153,16 +153,21 @@ def draw_tag_comparison(comparison: dict):
     left.set_ylim(0, 1.02)
     left.set_title("track level")
     left.legend(loc="lower right")
-    y, height = np.arange(len(labels)), 0.8 / len(entries)
-    for i, (key, entry) in enumerate(zip(keys, entries)):
-        values = [entry["per_tag_pr_auc"].get(label) for label in labels]
-        right.barh(y + i * height, [np.nan if v is None else v for v in values], height=height, label=key)
-    right.set_yticks(y + height * (len(entries) - 1) / 2, labels)
-    right.invert_yaxis()
-    right.set_xlim(0, 1)
-    right.set_title("per-tag PR-AUC")
-    right.legend(loc="lower right")
+    rows = [[entry["per_tag_pr_auc"].get(label) for label in labels] for entry in entries]
+    _grouped_bars(right, labels, keys, rows, "per-tag PR-AUC")
     return figure
+
+
+def _grouped_bars(axes, labels: list[str], keys: list[str], rows: list[list], title: str) -> None:
+    """One horizontal bar per label and key (rows[key][label], None left blank), grouped by label."""
+    y, height = np.arange(len(labels)), 0.8 / len(keys)
+    for i, (key, values) in enumerate(zip(keys, rows)):
+        axes.barh(y + i * height, [np.nan if v is None else v for v in values], height=height, label=key)
+    axes.set_yticks(y + height * (len(keys) - 1) / 2, labels)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_title(title)
+    axes.legend(loc="lower right")
 
 
 def draw_cross_validation(summary: dict):
@@ -196,14 +201,8 @@ def draw_comparison(comparison: dict):
     left.bar(keys, accuracy, yerr=[accuracy - low, high - accuracy], capsize=6, color="tab:blue")
     left.set_ylim(0, 1.02)
     left.set_title("track accuracy (95% CI)")
-    y, height = np.arange(len(labels)), 0.8 / len(entries)
-    for i, (key, entry) in enumerate(zip(keys, entries)):
-        right.barh(y + i * height, [entry["per_class_f1"][label] for label in labels], height=height, label=key)
-    right.set_yticks(y + height * (len(entries) - 1) / 2, labels)
-    right.invert_yaxis()
-    right.set_xlim(0, 1)
-    right.set_title("per-class F1")
-    right.legend(loc="lower right")
+    rows = [[entry["per_class_f1"][label] for label in labels] for entry in entries]
+    _grouped_bars(right, labels, keys, rows, "per-class F1")
     return figure
 
 
