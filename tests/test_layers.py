@@ -22,6 +22,7 @@ LAYERS = [  # top to bottom; a module may import its own layer (without cycles) 
             "augment",
             "models",
             "musicnn",
+            "probe",
             "classic",
             "scores",
             "catalog",
