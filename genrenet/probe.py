@@ -29,9 +29,9 @@ Embedding = Literal["pooled", "penultimate"]
 class TaggerEmbedding(nn.Module):
     """16 kHz waveforms [clips, samples] -> a frozen tagger's clip embeddings [clips, width]."""
 
-    def __init__(self, pretrained: str, embedding: str):
+    def __init__(self, pretrained: str, embedding: str, front_end: MusicnnFrontEnd | None = None):
         super().__init__()
-        self.front_end = MusicnnFrontEnd()
+        self.front_end = front_end if front_end is not None else MusicnnFrontEnd()
         self.tagger, _ = load_pretrained(pretrained)
         self.key = "embedding" if embedding == "penultimate" else "pooled"
 
@@ -41,8 +41,8 @@ class TaggerEmbedding(nn.Module):
 
 
 def embedding_extractor(config) -> TaggerEmbedding:
-    musicnn_extractor(config)  # the same 16 kHz check as the tagger's own features
-    return TaggerEmbedding(config.model.pretrained, config.model.embedding)
+    # the tagger's own front end, with its 16 kHz check
+    return TaggerEmbedding(config.model.pretrained, config.model.embedding, musicnn_extractor(config))
 
 
 def embedding_width(config) -> int:

@@ -11,6 +11,7 @@ from genrenet.config import Config, from_dict, with_changes
 from genrenet.errors import UserError, error_line
 from genrenet.musicnn import PATCH_FRAMES, PRETRAINED, SAMPLE_RATE, MusicnnFrontEnd, pretrained_weights
 from genrenet.registry import build_model
+from genrenet.scores import DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -23,7 +24,7 @@ class TrainedModel:
     multi_label: bool = False
     thresholds: list[float] | None = None  # per tag, above which a multi-label model says the tag
 
-    def tag_thresholds(self, default: float = 0.5) -> list[float]:
+    def tag_thresholds(self, default: float = DEFAULT_THRESHOLD) -> list[float]:
         """Each tag's threshold: the checkpoint's, or `default` where it has none."""
         return list(self.thresholds) if self.thresholds else [default] * len(self.labels)
 
